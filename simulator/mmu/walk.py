@@ -1,0 +1,180 @@
+"""The hardware stage-2 translation walk and its walk cache (partial-translation caches).
+
+The walk reads one descriptor per level from the page-table rows, starting at the pgd page
+that the IPA selects among the concatenated top-level tables. Each read is a memory
+reference. A valid table descriptor leads to the next level; a valid block or page is the
+leaf; anything else is a translation fault at that level (an entry locked for
+break-before-make is invalid, so it faults too). A leaf without AF is an access-flag fault.
+
+Walk cache: for each level that holds table descriptors, a small fully associative LRU
+cache of (VMID, IPA >> granule_shift(level)) -> next table row. The walk starts below the
+deepest level that hits, skipping the memory references of the levels above it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from simulator._jit import jit
+
+U = np.uint64
+
+# walk status
+W_OK = 0
+W_TRANSLATION = 1
+W_ACCESS_FLAG = 2
+W_PERMISSION = 3  # reported by the batch kernel after a permission check
+
+# walk output slots
+WO_STATUS = 0
+WO_LEVEL = 1
+WO_PTE = 2
+WO_REFS = 3
+WO_WC_HIT = 4  # deepest walk-cache level hit, -1 none
+WO_SIZE = 5
+
+
+@jit
+def wc_lookup(level, vmid, ipa, page_shift, wc_tag, wc_row, wc_stamp, now):
+    """Walk-cache probe at ``level``: the next-level table row for ``ipa``, or -1."""
+    n = wc_tag.shape[1]
+    if n == 0:
+        return -1
+    shift = (page_shift - 3) * (4 - level) + 3
+    tag = ((U(vmid) << U(48)) | (U(ipa) >> U(shift))) + U(1)
+    for i in range(n):
+        if wc_tag[level, i] == tag:
+            wc_stamp[level, i] = now
+            return wc_row[level, i]
+    return -1
+
+
+@jit
+def wc_fill(level, vmid, ipa, page_shift, row, wc_tag, wc_row, wc_stamp, now):
+    """Insert (level, ipa) -> row; the victim is the first empty slot, else the LRU one."""
+    n = wc_tag.shape[1]
+    if n == 0:
+        return
+    shift = (page_shift - 3) * (4 - level) + 3
+    tag = ((U(vmid) << U(48)) | (U(ipa) >> U(shift))) + U(1)
+    victim = 0
+    for i in range(n):
+        if wc_tag[level, i] == U(0):
+            victim = i
+            break
+        if wc_stamp[level, i] < wc_stamp[level, victim]:
+            victim = i
+    wc_tag[level, victim] = tag
+    wc_row[level, victim] = row
+    wc_stamp[level, victim] = now
+
+
+@jit
+def wc_invalidate(vmid, lo, hi, page_shift, wc_tag):
+    """Remove walk-cache entries of ``vmid`` (all VMIDs if < 0) covering any address of
+    [lo, hi) (hi == 0: everything). Returns the number removed."""
+    removed = 0
+    for level in range(4):
+        shift = (page_shift - 3) * (4 - level) + 3
+        for i in range(wc_tag.shape[1]):
+            t = wc_tag[level, i]
+            if t == U(0):
+                continue
+            t = t - U(1)
+            if vmid >= 0 and (t >> U(48)) != U(vmid):
+                continue
+            if hi != 0:
+                region = t & U(0xFFFFFFFFFFFF)
+                if region < (U(lo) >> U(shift)) or region > ((U(hi) - U(1)) >> U(shift)):
+                    continue
+            wc_tag[level, i] = U(0)
+            removed += 1
+    return removed
+
+
+@jit
+def hw_walk(ipa, vmid, tables, base_pa, page_shift, root_row, start_level, ia_bits, wc_tag,
+            wc_row, wc_stamp, now, out):
+    """Translate ``ipa`` through the stage-2 rooted at ``root_row``.
+
+    tables, base_pa, page_shift: page-table memory (row r is at base_pa + r << page_shift).
+    root_row, start_level, ia_bits: the stage-2's pgd, start level and IPA size.
+    wc_tag, wc_row, wc_stamp: walk cache ([4, n] arrays, n may be 0); now: LRU clock.
+    out: int64[6] receives status (W_*), level, descriptor, memory references, the
+    walk-cache level that hit (-1 none) and the leaf size shift.
+    """
+    ipa = U(ipa)
+    entries = 1 << (page_shift - 3)
+    mask = U(entries - 1)
+    refs = 0
+    out[WO_WC_HIT] = -1
+    if (ipa >> U(ia_bits)) != U(0):
+        out[WO_STATUS] = W_TRANSLATION
+        out[WO_LEVEL] = start_level
+        out[WO_PTE] = 0
+        out[WO_REFS] = 0
+        return W_TRANSLATION
+    level = start_level
+    pgd_shift = (page_shift - 3) * (5 - start_level) + 3
+    row = root_row + np.int64(ipa >> U(pgd_shift))
+    # the deepest walk-cache hit lets the walk start further down
+    if wc_tag.shape[1] > 0:
+        for lv in range(2, start_level - 1, -1):
+            r = wc_lookup(lv, vmid, ipa, page_shift, wc_tag, wc_row, wc_stamp, now)
+            if r >= 0:
+                row = r
+                level = lv + 1
+                out[WO_WC_HIT] = lv
+                break
+    min_block = 1 if page_shift == 12 else 2
+    while True:
+        shift = (page_shift - 3) * (4 - level) + 3
+        pte = tables[row, np.int64((ipa >> U(shift)) & mask)]
+        refs += 1
+        if (pte & U(1)) == U(0):
+            break
+        if level < 3 and (pte & U(2)) != U(0):
+            pa = pte & (U(0x0000FFFFFFFFFFFF) & ~((U(1) << U(page_shift)) - U(1)))
+            if page_shift == 16:
+                pa |= (pte & U(0xF000)) << U(36)
+            nxt = np.int64((pa - U(base_pa)) >> U(page_shift))
+            wc_fill(level, vmid, ipa, page_shift, nxt, wc_tag, wc_row, wc_stamp, now)
+            row = nxt
+            level += 1
+            continue
+        if (level == 3 and (pte & U(2)) == U(0)) or level < min_block:
+            break  # reserved encoding / block not allowed at this level
+        out[WO_LEVEL] = level
+        out[WO_PTE] = np.int64(pte)
+        out[WO_REFS] = refs
+        out[WO_SIZE] = shift
+        if (pte & U(1 << 10)) == U(0):
+            out[WO_STATUS] = W_ACCESS_FLAG
+            return W_ACCESS_FLAG
+        out[WO_STATUS] = W_OK
+        return W_OK
+    out[WO_STATUS] = W_TRANSLATION
+    out[WO_LEVEL] = level
+    out[WO_PTE] = np.int64(pte)
+    out[WO_REFS] = refs
+    return W_TRANSLATION
+
+
+class WalkCache:
+    """Per-level partial-translation caches of one vCPU (``entries`` slots per level)."""
+
+    def __init__(self, entries_per_level: int):
+        n = int(entries_per_level)
+        self.tag = np.zeros((4, n), dtype=np.uint64)
+        self.row = np.zeros((4, n), dtype=np.int64)
+        self.stamp = np.zeros((4, n), dtype=np.int64)
+
+    @property
+    def entries_per_level(self) -> int:
+        return self.tag.shape[1]
+
+    def invalidate(self, vmid: int, lo: int, hi: int, page_shift: int) -> int:
+        return int(wc_invalidate(vmid, U(lo), U(hi), page_shift, self.tag))
+
+    def flush(self) -> None:
+        self.tag[:] = 0
