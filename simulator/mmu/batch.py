@@ -15,17 +15,14 @@ from __future__ import annotations
 import numpy as np
 
 from simulator._jit import jit
-from simulator.mmu.tlb import PERM_R, PERM_W, PERM_X, PERM_LEVEL_SHIFT, tlb_fill, tlb_lookup
+from simulator.mmu.tlb import INVALID, PERM_LEVEL_SHIFT, PERM_R, PERM_W, PERM_X
 from simulator.mmu.walk import (
     W_ACCESS_FLAG,
     W_OK,
     W_PERMISSION,
-    WO_LEVEL,
-    WO_PTE,
-    WO_REFS,
-    WO_SIZE,
-    WO_WC_HIT,
-    hw_walk,
+    W_TRANSLATION,
+    wc_fill,
+    wc_lookup,
 )
 
 U = np.uint64
@@ -86,74 +83,214 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
     costs: int64[N_COSTS] (K_*). ctr: int64[N_COUNTERS] counters, accumulated.
     fault: int64[N_FAULT] filled when an access faults.
     Returns (index of the next access to run, cycles used, B_DONE or B_FAULT).
+
+    The TLB probe, fill and table walk are written out here rather than called: numba
+    reference-counts every array argument of a call between jitted functions, which in this
+    loop cost about 3x the work itself. They do exactly what tlb_lookup(), tlb_fill() and
+    hw_walk() do; the tests hold all of them to the same pure-Python reference.
     """
     nlev = off.shape[0]
-    wout = np.zeros(8, np.int64)
     cycles = 0
+    now = clock[0]
+    n_access = 0
+    n_kind = np.zeros(3, np.int64)
+    n_xlate = np.zeros(4, np.int64)
+    n_hit = np.zeros(MAX_TLB_LEVELS, np.int64)
+    n_miss = np.zeros(MAX_TLB_LEVELS, np.int64)
+    n_walks = 0
+    n_refs = 0
+    n_wc = 0
+    use_wc = wc_tag.shape[1] > 0
+    ptmask = U((1 << (page_shift - 3)) - 1)
+    oa_mask = U(0x0000FFFFFFFFFFFF) & ~((U(1) << U(page_shift)) - U(1))
+    pgd_shift = U((page_shift - 3) * (5 - start_level) + 3)
+    min_block = 1 if page_shift == 12 else 2
+    vtag = U(vmid) << U(46)
+    # Per-level tables computed once per call: the shifts each level probes (smallest
+    # first), its set mask (-1 when sets is not a power of two) and, per leaf level of an
+    # entry, the shift it is stored at (splintering; -1: not stored).
+    probe = np.full((nlev, 3), -1, np.int64)
+    nprobe = np.zeros(nlev, np.int64)
+    setmask = np.full(nlev, -1, np.int64)
+    fill_at = np.full((nlev, 4), -1, np.int64)
+    for lv in range(nlev):
+        if (sets[lv] & (sets[lv] - 1)) == 0:
+            setmask[lv] = sets[lv] - 1
+        for leaf in range(3, 0, -1):
+            if (sizes[lv] >> leaf) & 1:
+                probe[lv, nprobe[lv]] = (page_shift - 3) * (4 - leaf) + 3
+                nprobe[lv] += 1
+        for leaf in range(1, 4):
+            ls = (page_shift - 3) * (4 - leaf) + 3
+            for held in range(1, 4):
+                hs = (page_shift - 3) * (4 - held) + 3
+                if (sizes[lv] >> held) & 1 and hs <= ls:
+                    fill_at[lv, leaf] = hs
+                    break
+    # The smallest size L1 holds is probed first; an access in the region of the L1 entry
+    # used last, when that entry has that size and still holds the same key, is exactly the
+    # hit a full probe would find (a key appears at most once in a set).
+    l1_first = -1
+    for leaf in range(3, 0, -1):
+        if (sizes[0] >> leaf) & 1:
+            l1_first = (page_shift - 3) * (4 - leaf) + 3
+            break
+    last_e = -1
+    last_key = U(0)
+    last_vpn = U(0)
+    base_cost = costs[K_ACCESS]
+    ref_cost = costs[K_MEM_REF]
     i = start
+    status = B_DONE
     while i < stop:
         a = addrs[i]
         kind = kinds[i]
-        now = clock[0] + 1
-        clock[0] = now
-        cyc = costs[K_ACCESS]
-        e = -1
-        hit = -1
-        for lv in range(nlev):
-            cyc += lat[lv]
-            e = tlb_lookup(lv, a, vmid, key, stamp, off, sets, ways, sizes, page_shift, now)
-            if e >= 0:
-                ctr[C_TLB + 2 * lv] += 1
-                hit = lv
-                break
-            ctr[C_TLB + 2 * lv + 1] += 1
-        if hit >= 0:
+        now += 1
+        cyc = base_cost + lat[0]
+        if last_e >= 0 and (a >> U(l1_first)) == last_vpn and key[last_e] == last_key:
+            e = last_e
+            stamp[e] = now
+            n_hit[0] += 1
             perm = np.int64(tperm[e])
-            shift = np.int64((key[e] >> U(40)) & U(63))
-            pa = tpa[e]
-            for up in range(hit):
-                tlb_fill(up, a, vmid, shift, pa, perm, key, stamp, tpa, tperm, off, sets, ways,
-                         sizes, page_shift, now)
         else:
-            ctr[C_WALKS] += 1
-            st = hw_walk(a, vmid, tables, base_pa, page_shift, root_row, start_level, ia_bits,
-                         wc_tag, wc_row, wc_stamp, now, wout)
-            ctr[C_WALK_REFS] += wout[WO_REFS]
-            cyc += wout[WO_REFS] * costs[K_MEM_REF]
-            if wout[WO_WC_HIT] >= 0:
-                ctr[C_WC_HITS] += 1
-                cyc += costs[K_WC_HIT]
-            if st != W_OK:
-                if st == W_ACCESS_FLAG:
-                    ctr[C_ACCESS_FLAG_FAULTS] += 1
+            # ---- probe the levels in order (tlb_lookup) ----
+            e = -1
+            hit = -1
+            for lv in range(nlev):
+                if lv > 0:
+                    cyc += lat[lv]
+                nways = ways[lv]
+                for j in range(nprobe[lv]):
+                    shift = probe[lv, j]
+                    vpn = a >> U(shift)
+                    k = vtag | (U(shift) << U(40)) | vpn
+                    if setmask[lv] >= 0:
+                        base = off[lv] + np.int64(vpn & U(setmask[lv])) * nways
+                    else:
+                        base = off[lv] + np.int64(vpn % U(sets[lv])) * nways
+                    for w in range(nways):
+                        if key[base + w] == k:
+                            e = base + w
+                            break
+                    if e >= 0:
+                        break
+                if e >= 0:
+                    stamp[e] = now
+                    n_hit[lv] += 1
+                    hit = lv
+                    break
+                n_miss[lv] += 1
+            if hit >= 0:
+                perm = np.int64(tperm[e])
+                shift = np.int64((key[e] >> U(40)) & U(63))
+                pa = tpa[e]
+                nfill = hit
+            else:
+                # ---- the stage-2 walk (hw_walk) ----
+                n_walks += 1
+                refs = 0
+                wst = W_TRANSLATION
+                level = start_level
+                pte = U(0)
+                shift = 0
+                if (a >> U(ia_bits)) == U(0):
+                    row = root_row + np.int64(a >> pgd_shift)
+                    if use_wc:
+                        for lvw in range(2, start_level - 1, -1):
+                            r = wc_lookup(lvw, vmid, a, page_shift, wc_tag, wc_row, wc_stamp, now)
+                            if r >= 0:
+                                row = r
+                                level = lvw + 1
+                                n_wc += 1
+                                cyc += costs[K_WC_HIT]
+                                break
+                    while True:
+                        shift = (page_shift - 3) * (4 - level) + 3
+                        pte = tables[row, np.int64((a >> U(shift)) & ptmask)]
+                        refs += 1
+                        if (pte & U(1)) == U(0):
+                            break
+                        if level < 3 and (pte & U(2)) != U(0):
+                            tpa_ = pte & oa_mask
+                            if page_shift == 16:
+                                tpa_ |= (pte & U(0xF000)) << U(36)
+                            nxt = np.int64((tpa_ - U(base_pa)) >> U(page_shift))
+                            if use_wc:
+                                wc_fill(level, vmid, a, page_shift, nxt, wc_tag, wc_row, wc_stamp,
+                                        now)
+                            row = nxt
+                            level += 1
+                            continue
+                        if (level == 3 and (pte & U(2)) == U(0)) or level < min_block:
+                            break
+                        wst = W_OK if (pte & U(1 << 10)) != U(0) else W_ACCESS_FLAG
+                        break
+                n_refs += refs
+                cyc += refs * ref_cost
+                if wst != W_OK:
+                    if wst == W_ACCESS_FLAG:
+                        ctr[C_ACCESS_FLAG_FAULTS] += 1
+                    else:
+                        ctr[C_TRANSLATION_FAULTS] += 1
+                    fault[F_STATUS] = wst
+                    fault[F_LEVEL] = level
+                    fault[F_IPA] = np.int64(a)
+                    fault[F_KIND] = kind
+                    fault[F_PTE] = np.int64(pte)
+                    fault[F_INDEX] = i
+                    cycles += cyc
+                    status = B_FAULT
+                    break
+                pa = pte & oa_mask
+                if page_shift == 16:
+                    pa |= (pte & U(0xF000)) << U(36)
+                perm = level << PERM_LEVEL_SHIFT
+                if (pte & U(1 << 6)) != U(0):
+                    perm |= PERM_R
+                if (pte & U(1 << 7)) != U(0):
+                    perm |= PERM_W
+                if (pte & U(1 << 54)) == U(0):
+                    perm |= PERM_X
+                # an nT block is never cached
+                nfill = nlev if (level == 3 or (pte & U(1 << 16)) == U(0)) else 0
+                e = -1
+            # ---- fill the levels above the hit, or all after a walk (tlb_fill) ----
+            leaf_of_entry = 4 - (shift - 3) // (page_shift - 3)
+            for lv in range(nfill):
+                fill_shift = fill_at[lv, leaf_of_entry]
+                if fill_shift < 0:
+                    continue
+                fpa = U(pa)
+                if fill_shift < shift:
+                    fpa += (a & ((U(1) << U(shift)) - U(1))) & ~((U(1) << U(fill_shift)) - U(1))
+                vpn = a >> U(fill_shift)
+                nways = ways[lv]
+                if setmask[lv] >= 0:
+                    base = off[lv] + np.int64(vpn & U(setmask[lv])) * nways
                 else:
-                    ctr[C_TRANSLATION_FAULTS] += 1
-                fault[F_STATUS] = st
-                fault[F_LEVEL] = wout[WO_LEVEL]
-                fault[F_IPA] = np.int64(a)
-                fault[F_KIND] = kind
-                fault[F_PTE] = wout[WO_PTE]
-                fault[F_INDEX] = i
-                cycles += cyc
-                ctr[C_CYCLES] += cycles
-                return i, cycles, B_FAULT
-            pte = U(wout[WO_PTE])
-            shift = wout[WO_SIZE]
-            level = wout[WO_LEVEL]
-            pa = pte & (U(0x0000FFFFFFFFFFFF) & ~((U(1) << U(page_shift)) - U(1)))
-            if page_shift == 16:
-                pa |= (pte & U(0xF000)) << U(36)
-            perm = level << PERM_LEVEL_SHIFT
-            if (pte & U(1 << 6)) != U(0):
-                perm |= PERM_R
-            if (pte & U(1 << 7)) != U(0):
-                perm |= PERM_W
-            if (pte & U(1 << 54)) == U(0):
-                perm |= PERM_X
-            if level == 3 or (pte & U(1 << 16)) == U(0):  # an nT block is never cached
-                for lv in range(nlev):
-                    tlb_fill(lv, a, vmid, shift, pa, perm, key, stamp, tpa, tperm, off, sets,
-                             ways, sizes, page_shift, now)
+                    base = off[lv] + np.int64(vpn % U(sets[lv])) * nways
+                victim = base
+                for w in range(nways):
+                    ev = base + w
+                    if key[ev] == INVALID:
+                        victim = ev
+                        break
+                    if stamp[ev] < stamp[victim]:
+                        victim = ev
+                key[victim] = vtag | (U(fill_shift) << U(40)) | vpn
+                stamp[victim] = now
+                tpa[victim] = fpa
+                tperm[victim] = perm
+                if lv == 0:
+                    e = victim
+            # remember the L1 entry now holding this translation, when it has L1's first size
+            if e >= 0 and e < off[0] + sets[0] * ways[0] and \
+                    np.int64((key[e] >> U(40)) & U(63)) == l1_first:
+                last_e = e
+                last_key = key[e]
+                last_vpn = a >> U(l1_first)
+            else:
+                last_e = -1
         if kind == READ:
             need = PERM_R
         elif kind == WRITE:
@@ -169,17 +306,30 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
             fault[F_PTE] = 0
             fault[F_INDEX] = i
             cycles += cyc
-            ctr[C_CYCLES] += cycles
-            return i, cycles, B_FAULT
-        ctr[C_ACCESSES] += 1
-        ctr[C_READS + kind] += 1
-        ctr[C_XLATE + (perm >> PERM_LEVEL_SHIFT)] += 1
+            status = B_FAULT
+            break
+        n_access += 1
+        n_kind[kind] += 1
+        n_xlate[perm >> PERM_LEVEL_SHIFT] += 1
         cycles += cyc
         i += 1
         if cycles >= budget:
             break
+    clock[0] = now
+    ctr[C_ACCESSES] += n_access
+    ctr[C_READS] += n_kind[0]
+    ctr[C_WRITES] += n_kind[1]
+    ctr[C_FETCHES] += n_kind[2]
+    for lvl in range(1, 4):
+        ctr[C_XLATE + lvl] += n_xlate[lvl]
+    for lv in range(nlev):
+        ctr[C_TLB + 2 * lv] += n_hit[lv]
+        ctr[C_TLB + 2 * lv + 1] += n_miss[lv]
+    ctr[C_WALKS] += n_walks
+    ctr[C_WALK_REFS] += n_refs
+    ctr[C_WC_HITS] += n_wc
     ctr[C_CYCLES] += cycles
-    return i, cycles, B_DONE
+    return i, cycles, status
 
 
 class VcpuMMU:

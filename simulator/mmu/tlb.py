@@ -38,6 +38,14 @@ def tlb_key(vmid, shift, ipa):
 
 
 @jit
+def set_index(vpn, nsets):
+    """(ipa >> shift) mod sets; a mask when sets is a power of two (no division)."""
+    if (nsets & (nsets - 1)) == 0:
+        return np.int64(vpn & U(nsets - 1))
+    return np.int64(vpn % U(nsets))
+
+
+@jit
 def tlb_lookup(level, ipa, vmid, key, stamp, off, sets, ways, sizes, page_shift, now):
     """Probe TLB level ``level`` for ``ipa``. Returns the entry index or -1.
 
@@ -52,7 +60,7 @@ def tlb_lookup(level, ipa, vmid, key, stamp, off, sets, ways, sizes, page_shift,
         shift = (page_shift - 3) * (4 - leaf) + 3
         vpn = ipa >> U(shift)
         k = (U(vmid) << U(46)) | (U(shift) << U(40)) | vpn
-        base = off[level] + np.int64(vpn % U(sets[level])) * nways
+        base = off[level] + set_index(vpn, sets[level]) * nways
         for w in range(nways):
             if key[base + w] == k:
                 stamp[base + w] = now
@@ -82,7 +90,7 @@ def tlb_fill(level, ipa, vmid, shift, pa, perm, key, stamp, tpa, tperm, off, set
         fpa = fpa + ((ipa & ((U(1) << U(shift)) - U(1))) & ~((U(1) << U(fill_shift)) - U(1)))
     vpn = ipa >> U(fill_shift)
     nways = ways[level]
-    base = off[level] + np.int64(vpn % U(sets[level])) * nways
+    base = off[level] + set_index(vpn, sets[level]) * nways
     victim = base
     for w in range(nways):
         e = base + w
@@ -124,7 +132,7 @@ def tlb_invalidate(vmid, lo, hi, key, off, sets, ways, sizes, page_shift):
                 # few pages: visit only their sets
                 vpn = first
                 while vpn <= last:
-                    base = off[level] + np.int64(vpn % U(nsets)) * nways
+                    base = off[level] + set_index(vpn, nsets) * nways
                     for w in range(nways):
                         k = key[base + w]
                         if k == INVALID:

@@ -104,60 +104,54 @@ def hw_walk(ipa, vmid, tables, base_pa, page_shift, root_row, start_level, ia_bi
     walk-cache level that hit (-1 none) and the leaf size shift.
     """
     ipa = U(ipa)
-    entries = 1 << (page_shift - 3)
-    mask = U(entries - 1)
+    mask = U((1 << (page_shift - 3)) - 1)
+    oa_mask = U(0x0000FFFFFFFFFFFF) & ~((U(1) << U(page_shift)) - U(1))
+    use_wc = wc_tag.shape[1] > 0
     refs = 0
-    out[WO_WC_HIT] = -1
-    if (ipa >> U(ia_bits)) != U(0):
-        out[WO_STATUS] = W_TRANSLATION
-        out[WO_LEVEL] = start_level
-        out[WO_PTE] = 0
-        out[WO_REFS] = 0
-        return W_TRANSLATION
+    hit = -1
+    status = W_TRANSLATION
     level = start_level
-    pgd_shift = (page_shift - 3) * (5 - start_level) + 3
-    row = root_row + np.int64(ipa >> U(pgd_shift))
-    # the deepest walk-cache hit lets the walk start further down
-    if wc_tag.shape[1] > 0:
-        for lv in range(2, start_level - 1, -1):
-            r = wc_lookup(lv, vmid, ipa, page_shift, wc_tag, wc_row, wc_stamp, now)
-            if r >= 0:
-                row = r
-                level = lv + 1
-                out[WO_WC_HIT] = lv
+    pte = U(0)
+    if (ipa >> U(ia_bits)) == U(0):
+        row = root_row + np.int64(ipa >> U((page_shift - 3) * (5 - start_level) + 3))
+        if use_wc:
+            # the deepest walk-cache hit lets the walk start further down
+            for lv in range(2, start_level - 1, -1):
+                r = wc_lookup(lv, vmid, ipa, page_shift, wc_tag, wc_row, wc_stamp, now)
+                if r >= 0:
+                    row = r
+                    level = lv + 1
+                    hit = lv
+                    break
+        while True:
+            shift = (page_shift - 3) * (4 - level) + 3
+            pte = tables[row, np.int64((ipa >> U(shift)) & mask)]
+            refs += 1
+            if (pte & U(1)) == U(0):
                 break
-    min_block = 1 if page_shift == 12 else 2
-    while True:
-        shift = (page_shift - 3) * (4 - level) + 3
-        pte = tables[row, np.int64((ipa >> U(shift)) & mask)]
-        refs += 1
-        if (pte & U(1)) == U(0):
+            if level < 3 and (pte & U(2)) != U(0):
+                pa = pte & oa_mask
+                if page_shift == 16:
+                    pa |= (pte & U(0xF000)) << U(36)
+                nxt = np.int64((pa - U(base_pa)) >> U(page_shift))
+                if use_wc:
+                    wc_fill(level, vmid, ipa, page_shift, nxt, wc_tag, wc_row, wc_stamp, now)
+                row = nxt
+                level += 1
+                continue
+            if level == 3 and (pte & U(2)) == U(0):
+                break  # reserved encoding
+            if level < (1 if page_shift == 12 else 2):
+                break  # no block at this level
+            out[WO_SIZE] = shift
+            status = W_OK if (pte & U(1 << 10)) != U(0) else W_ACCESS_FLAG
             break
-        if level < 3 and (pte & U(2)) != U(0):
-            pa = pte & (U(0x0000FFFFFFFFFFFF) & ~((U(1) << U(page_shift)) - U(1)))
-            if page_shift == 16:
-                pa |= (pte & U(0xF000)) << U(36)
-            nxt = np.int64((pa - U(base_pa)) >> U(page_shift))
-            wc_fill(level, vmid, ipa, page_shift, nxt, wc_tag, wc_row, wc_stamp, now)
-            row = nxt
-            level += 1
-            continue
-        if (level == 3 and (pte & U(2)) == U(0)) or level < min_block:
-            break  # reserved encoding / block not allowed at this level
-        out[WO_LEVEL] = level
-        out[WO_PTE] = np.int64(pte)
-        out[WO_REFS] = refs
-        out[WO_SIZE] = shift
-        if (pte & U(1 << 10)) == U(0):
-            out[WO_STATUS] = W_ACCESS_FLAG
-            return W_ACCESS_FLAG
-        out[WO_STATUS] = W_OK
-        return W_OK
-    out[WO_STATUS] = W_TRANSLATION
+    out[WO_STATUS] = status
     out[WO_LEVEL] = level
     out[WO_PTE] = np.int64(pte)
     out[WO_REFS] = refs
-    return W_TRANSLATION
+    out[WO_WC_HIT] = hit
+    return status
 
 
 class WalkCache:
