@@ -36,10 +36,11 @@ def make_trace(path: Path, lines: int, seed: int = 0) -> None:
         for i0 in range(0, lines, step):
             n = min(step, lines - i0)
             u = rng.random(n)
-            prefix = np.where(u < 0.6, "I  ", np.where(u < 0.85, " L ", np.where(u < 0.95, " S ", " M ")))
-            addr = np.where(u < 0.6, 0x0400000 + rng.integers(0, 1 << 20, n),
-                            np.where(rng.random(n) < 0.5, 0x1FFEFF0000 + rng.integers(0, 1 << 16, n),
-                                     0x4A00000 + rng.integers(0, 1 << 24, n)))
+            prefix = np.select([u < 0.6, u < 0.85, u < 0.95], ["I  ", " L ", " S "], " M ")
+            stack = 0x1FFEFF0000 + rng.integers(0, 1 << 16, n)
+            heap = 0x4A00000 + rng.integers(0, 1 << 24, n)
+            code = 0x0400000 + rng.integers(0, 1 << 20, n)
+            addr = np.where(u < 0.6, code, np.where(rng.random(n) < 0.5, stack, heap))
             size = rng.choice(np.array([1, 2, 4, 8, 16]), n)
             width = np.where(addr >= 1 << 32, 10, 8)
             text = "".join(f"{p}{a:0{w}x},{s}\n" for p, a, w, s in
@@ -72,7 +73,8 @@ def main() -> None:
         with open(plain, "rb") as src, gzip.open(gz, "wb", compresslevel=6) as dst:
             dst.write(src.read())
         size = plain.stat().st_size
-        print(f"{args.lines} lines, {size / 2**20:.1f} MiB plain, {gz.stat().st_size / 2**20:.1f} MiB gz")
+        gz_size = gz.stat().st_size
+        print(f"{args.lines} lines, {size / 2**20:.1f} MiB plain, {gz_size / 2**20:.1f} MiB gz")
         for label, p in (("plain", plain), ("gzip", gz)):
             for instr in (True, False):
                 rate, count = measure(p, instr, args.lines)
