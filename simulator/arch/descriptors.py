@@ -27,6 +27,7 @@ locked (invalid)      10       KVM_INVALID_PTE_LOCKED: break-before-make in prog
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -306,6 +307,7 @@ def decode(pte: int, level: int, page_shift: int) -> Descriptor:
     )
 
 
+@functools.lru_cache(maxsize=64)
 def prot_attr(prot: int) -> int:
     """Python wrapper of prot_to_attr(): raises DescriptorError where the kernel says -EINVAL."""
     ok, attr = prot_to_attr(prot)

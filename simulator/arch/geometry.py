@@ -40,6 +40,15 @@ class Geometry:
     ipa_bits: int
 
     def __post_init__(self) -> None:
+        # The derived figures are fixed per geometry; compute them once (they sit on the
+        # fault path).
+        if self.page_shift in GRANULES.values() and 32 <= self.ipa_bits <= 52:
+            levels = max(hw_pgtable_levels(self.ipa_bits - 4, self.page_shift), 2)
+            start = LAST_LEVEL + 1 - levels
+            pgd = (((1 << self.ipa_bits) - 1) >> granule_shift(start - 1, self.page_shift)) + 1
+            object.__setattr__(self, "_levels", levels)
+            object.__setattr__(self, "_start", start)
+            object.__setattr__(self, "_pgd", pgd)
         if self.page_shift not in GRANULES.values():
             raise GeometryError(f"granule must be one of 4K, 16K, 64K (page shift {self.page_shift})")
         if not 32 <= self.ipa_bits <= 52:
@@ -71,17 +80,17 @@ class Geometry:
     @property
     def levels(self) -> int:
         """stage2_pgtable_levels(ipa) = ARM64_HW_PGTABLE_LEVELS(ipa - 4), at least 2."""
-        return max(hw_pgtable_levels(self.ipa_bits - 4, self.page_shift), 2)
+        return self._levels  # type: ignore[attr-defined]
 
     @property
     def start_level(self) -> int:
-        return LAST_LEVEL + 1 - self.levels
+        """4 - levels (kvm_get_vtcr's SL0 encodes it)."""
+        return self._start  # type: ignore[attr-defined]
 
     @property
     def pgd_pages(self) -> int:
         """kvm_pgd_pages(): ((2^ipa - 1) >> granule_shift(start_level - 1)) + 1."""
-        shift = granule_shift(self.start_level - 1, self.page_shift)
-        return (((1 << self.ipa_bits) - 1) >> shift) + 1
+        return self._pgd  # type: ignore[attr-defined]
 
     @property
     def min_block_level(self) -> int:

@@ -831,30 +831,28 @@ class OpReport:
 
     @classmethod
     def from_arrays(cls, rep: np.ndarray, tlog: np.ndarray) -> "OpReport":
-        n = int(rep[R_TLBI_LOG_N])
-        recs = [
-            TLBIRecord(_TLBI_NAMES[int(k)], int(a), int(s), int(lv), int(c))
-            for k, a, s, lv, c in tlog[:n]
-        ]
+        r = rep.tolist()
+        n = r[R_TLBI_LOG_N]
+        log = tlog[:n].tolist() if n else []
         return cls(
-            ret=int(rep[R_RET]),
-            tables_allocated=int(rep[R_TABLES_ALLOCATED]),
-            tables_freed=int(rep[R_TABLES_FREED]),
-            tlbi_ipa=int(rep[R_TLBI_IPA]),
-            tlbi_range=int(rep[R_TLBI_RANGE]),
-            tlbi_vmid=int(rep[R_TLBI_VMID]),
-            cmo_bytes=int(rep[R_CMO_BYTES]),
-            icache_bytes=int(rep[R_ICACHE_BYTES]),
-            visits=int(rep[R_VISITS]),
-            stores=int(rep[R_STORES]),
-            mapped_bytes=int(rep[R_MAPPED_BYTES]),
-            unmapped_bytes=int(rep[R_UNMAPPED_BYTES]),
-            zapped=int(rep[R_ZAPPED]),
-            splits=int(rep[R_SPLITS]),
-            warnings=int(rep[R_WARN]),
-            tlbis=recs,
-            raw=rep.copy(),
-            tlog=tlog[:n].copy(),
+            ret=r[R_RET],
+            tables_allocated=r[R_TABLES_ALLOCATED],
+            tables_freed=r[R_TABLES_FREED],
+            tlbi_ipa=r[R_TLBI_IPA],
+            tlbi_range=r[R_TLBI_RANGE],
+            tlbi_vmid=r[R_TLBI_VMID],
+            cmo_bytes=r[R_CMO_BYTES],
+            icache_bytes=r[R_ICACHE_BYTES],
+            visits=r[R_VISITS],
+            stores=r[R_STORES],
+            mapped_bytes=r[R_MAPPED_BYTES],
+            unmapped_bytes=r[R_UNMAPPED_BYTES],
+            zapped=r[R_ZAPPED],
+            splits=r[R_SPLITS],
+            warnings=r[R_WARN],
+            tlbis=[TLBIRecord(_TLBI_NAMES[k], a, s, lv, c) for k, a, s, lv, c in log],
+            raw=np.array(r, dtype=np.int64),
+            tlog=np.array(log, dtype=np.int64).reshape(-1, 5),
         )
 
 
@@ -879,24 +877,30 @@ class Stage2:
         self.pgd_pages = geometry.pgd_pages
         self.stat = np.zeros(STAT_SIZE, dtype=np.int64)
         self.destroyed = False
+        # scratch arrays reused by every operation (reports are copied out)
+        self._rep = np.zeros(REPORT_SIZE, dtype=np.int64)
+        self._tlog = np.zeros((TLOG_CAPACITY, 5), dtype=np.int64)
+        self._mask = (1 << geometry.page_shift) - 1
 
     # -- the one place that calls the kernel --------------------------------------------
     def _walk(self, op: int, addr: int, size: int, *, phys: int = 0, attr: int = 0,
               owner: int = 0, flags: int = 0, reserve: int = 0) -> OpReport:
         if self.destroyed:
             raise RuntimeError("stage-2 already destroyed")
-        ps = self.geom.page_shift
-        start = addr & ~((1 << ps) - 1)
-        end = (addr + size + (1 << ps) - 1) & ~((1 << ps) - 1)  # kvm_pgtable_walk's rounding
-        if reserve:
-            self.mem.reserve(reserve)
-        rep = np.zeros(REPORT_SIZE, dtype=np.int64)
-        tlog = np.zeros((TLOG_CAPACITY, 5), dtype=np.int64)
-        pgtable_walk(op, self.mem.tables, self.mem.refcnt, self.mem.free, self.mem.meta,
-                     self.mem.base_pa, ps, self.root, self.geom.start_level, self.geom.ipa_bits,
-                     U(start), U(end), U(phys & D.MASK64), U(attr & D.MASK64), owner,
-                     flags | self.base_flags, self.rule, self.stat, rep, tlog)
-        return OpReport.from_arrays(rep, tlog)
+        g = self.geom
+        m = self._mask
+        start = addr & ~m
+        end = (addr + size + m) & ~m  # kvm_pgtable_walk's rounding
+        mem = self.mem
+        if reserve and reserve > int(mem.meta[M_NFREE]) + mem.capacity - int(mem.meta[M_HWM]):
+            mem.reserve(reserve)
+        rep = self._rep
+        rep[:] = 0
+        pgtable_walk(op, mem.tables, mem.refcnt, mem.free, mem.meta, mem.base_pa, g.page_shift,
+                     self.root, g.start_level, g.ipa_bits, U(start), U(end), U(phys & D.MASK64),
+                     U(attr & D.MASK64), owner, flags | self.base_flags, self.rule, self.stat,
+                     rep, self._tlog)
+        return OpReport.from_arrays(rep, self._tlog)
 
     def _tables_needed(self, addr: int, size: int) -> int:
         """An upper bound on the table pages a map of [addr, addr + size) can allocate."""

@@ -1,0 +1,442 @@
+"""Experiment configuration: YAML validated by pydantic, with units.
+
+Every parameter has a type, a default and a description, or it is an error
+(``extra="forbid"``). Sizes are written with units (``4K``, ``2MiB``, ``20GiB``), the clock in
+GHz, every cost in cycles (cache maintenance in bytes per cycle). ``--set dotted.key=value``
+overrides are applied to the raw YAML before validation, so they are checked exactly like
+the file; ``variants:`` maps a name to such overrides.
+
+Errors are raised as :class:`ConfigError` with the file and the dotted field they concern.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from simulator.arch.geometry import GRANULES, Geometry, GeometryError
+from workloads.spec import WorkloadSpec
+from workloads.units import Size, format_size, parse_size
+
+
+class ConfigError(ValueError):
+    """Bad configuration: ``source`` (a file or ``--set``), the dotted ``field``, a message."""
+
+    def __init__(self, source: str, field: str, message: str):
+        self.source = source
+        self.field = field
+        self.message = message
+        super().__init__(source, field, message)
+
+    def __str__(self) -> str:
+        where = f"{self.source}: {self.field}" if self.field else self.source
+        return f"{where}: {self.message}"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+# ---------------------------------------------------------------------------------------
+# machine
+
+
+class MachineConfig(_Model):
+    granule: Literal["4K", "16K", "64K"] = Field(default="4K", description="Translation granule.")
+    ipa_bits: int = Field(default=40, ge=32, le=52, description="Stage-2 input (IPA) size, bits.")
+    pa_bits: int = Field(default=48, ge=32, le=52, description="Physical address size, bits.")
+    clock_ghz: float = Field(default=2.6, gt=0, description="CPU clock, GHz (turns cycles into seconds).")
+    fwb: bool = Field(default=False, description="FEAT_S2FWB: no cache maintenance for new mappings.")
+    tlbi_range: bool = Field(default=False, description="FEAT_TLBIRANGE: range TLB invalidation.")
+    dic: bool = Field(default=False, description="CTR_EL0.DIC: no icache maintenance; guest "
+                      "mappings are executable from the start.")
+
+    @property
+    def page_shift(self) -> int:
+        return GRANULES[self.granule]
+
+
+# ---------------------------------------------------------------------------------------
+# guest
+
+
+class MemslotConfig(_Model):
+    base: Size = Field(description="Guest physical (IPA) base of the memslot.")
+    size: Size = Field(description="Memslot size.")
+
+
+Mapping = Literal["4K", "16K", "64K", "2M", "32M", "512M", "1G", "largest"]
+Backing = Literal["anonymous", "thp", "hugetlb_2m", "hugetlb_1g"]
+
+
+class GuestConfig(_Model):
+    memory: Size = Field(default=1 << 30, description="Guest memory (one memslot at IPA 0 "
+                         "unless memslots are given).")
+    vcpus: int = Field(default=1, ge=1, le=512, description="Number of vCPUs.")
+    mapping: Mapping = Field(default="4K", description="Stage-2 mapping size the fault handler "
+                             "installs: a page, a block size, or 'largest' (the largest block the "
+                             "backing and alignment allow).")
+    backing: Backing = Field(default="anonymous", description="Host memory behind the guest: "
+                             "anonymous (base pages), thp (2 MiB), hugetlb_2m, hugetlb_1g. "
+                             "Bounds the 'largest' mapping.")
+    premap: bool = Field(default=False, description="Map all guest memory before time 0.")
+    pa_base: Size = Field(default=1 << 30, description="Host physical address of guest memory.")
+    placement: Literal["identity", "first_touch"] = Field(
+        default="identity", description="Where the guest keeps what the workload touches: "
+        "identity (an address is its IPA) or first_touch (regions of placement_unit get the "
+        "next free guest-physical region on first touch, as a guest OS allocating would).")
+    placement_unit: Size = Field(default=2 << 20, description="Region size of first_touch "
+                                 "placement (a power of two, at least the page size).")
+    memslots: list[MemslotConfig] | None = Field(
+        default=None, description="Memslots (IPA base and size); default one slot [0, memory).")
+
+    def slots(self) -> list[MemslotConfig]:
+        return self.memslots or [MemslotConfig(base=0, size=self.memory)]
+
+
+# ---------------------------------------------------------------------------------------
+# TLB
+
+
+class TLBLevelConfig(_Model):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Level name used in counters.")
+    sets: int = Field(ge=1, description="Number of sets.")
+    ways: int = Field(ge=1, le=1024, description="Ways per set.")
+    latency: int = Field(default=1, ge=0, description="Lookup latency, cycles.")
+    page_sizes: list[Size] | None = Field(
+        default=None, description="Leaf sizes the level holds (default: all of the granule).")
+
+
+class WalkCacheConfig(_Model):
+    entries_per_level: int = Field(default=0, ge=0, le=4096, description="Partial-translation "
+                                   "entries per table level (0: no walk cache).")
+
+
+class TLBConfig(_Model):
+    levels: list[TLBLevelConfig] = Field(
+        default_factory=lambda: [
+            TLBLevelConfig(name="l1", sets=8, ways=8, latency=1),
+            TLBLevelConfig(name="l2", sets=128, ways=8, latency=8),
+        ],
+        min_length=1, max_length=8, description="TLB levels, probed in order.")
+    walk_cache: WalkCacheConfig = Field(default_factory=WalkCacheConfig, description="Walk cache.")
+
+    @field_validator("levels")
+    @classmethod
+    def _unique_names(cls, v: list[TLBLevelConfig]) -> list[TLBLevelConfig]:
+        names = [lv.name for lv in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"TLB level names must be unique, got {names}")
+        return v
+
+
+# ---------------------------------------------------------------------------------------
+# costs
+
+
+class CostsConfig(_Model):
+    """Every cost the model charges, in cycles (cache maintenance in bytes per cycle).
+
+    Defaults describe a server-class core without FWB (Kunpeng 920-like, as in seed 003);
+    README "Where each default cost comes from" gives the source of each."""
+
+    access: int = Field(default=1, ge=0, description="Issue cost of every access, cycles.")
+    walk_mem_ref: int = Field(default=40, ge=0, description="One descriptor read by the "
+                              "hardware walk, cycles (walks mostly hit L2/L3).")
+    walk_cache_hit: int = Field(default=2, ge=0, description="A walk-cache hit, cycles.")
+    fault_entry_exit: int = Field(default=1500, ge=0, description="Stage-2 abort: exception "
+                                  "entry to EL2, exit and re-entry to the guest, cycles.")
+    fault_handler: int = Field(default=2500, ge=0, description="user_mem_abort() work outside "
+                               "the page-table walk (pfn lookup, memcache top-up), cycles.")
+    lock: int = Field(default=50, ge=0, description="Uncontended MMU lock acquire+release, cycles.")
+    pte_visit: int = Field(default=4, ge=0, description="Software walker: one descriptor visited.")
+    pte_store: int = Field(default=4, ge=0, description="Software walker: one descriptor stored.")
+    table_alloc: int = Field(default=250, ge=0, description="Allocate and zero a table page.")
+    table_free: int = Field(default=50, ge=0, description="Free a table page.")
+    tlbi_ipa: int = Field(default=250, ge=0, description="TLBI IPAS2E1IS + DSB + TLBI "
+                          "VMALLE1IS + DSB + ISB, broadcast, cycles.")
+    tlbi_range: int = Field(default=300, ge=0, description="Range TLBI sequence, cycles.")
+    tlbi_vmid: int = Field(default=400, ge=0, description="TLBI VMALLS12E1IS + DSB, cycles.")
+    cmo_bytes_per_cycle: float = Field(default=3.0, gt=0, description="dcache clean+invalidate "
+                                       "to PoC throughput without FWB, bytes per cycle.")
+    icache_bytes_per_cycle: float = Field(default=64.0, gt=0, description="icache invalidate "
+                                          "to PoU throughput, bytes per cycle.")
+    perm_fault_handler: int = Field(default=1000, ge=0, description="Permission-fault handling "
+                                    "(relax permissions) beyond entry/exit, cycles.")
+
+
+# ---------------------------------------------------------------------------------------
+# engine
+
+
+class EngineConfig(_Model):
+    quantum_cycles: int = Field(default=20_000, ge=100, description="Cycles a vCPU runs "
+                                "between scheduling points; bounds the error of concurrency.")
+    mmu_lock: Literal["exclusive", "shared"] = Field(
+        default="shared", description="Fault-path MMU lock: 'exclusive' (Linux 5.11 spinlock: "
+        "faults serialized) or 'shared' (6.2+: read lock on the fault path, writers exclusive).")
+    max_cycles: int | None = Field(default=None, gt=0, description="Stop the run at this "
+                                   "simulated time (cycles).")
+    chunk: int = Field(default=1 << 16, ge=1024, description="Accesses generated per chunk.")
+
+
+# ---------------------------------------------------------------------------------------
+# the experiment
+
+
+class ExperimentConfig(_Model):
+    name: str = Field(default="experiment", description="Experiment name.")
+    seed: int = Field(default=1, ge=0, description="Seed of every random generator.")
+    machine: MachineConfig = Field(default_factory=MachineConfig)
+    guest: GuestConfig = Field(default_factory=GuestConfig)
+    tlb: TLBConfig = Field(default_factory=TLBConfig)
+    costs: CostsConfig = Field(default_factory=CostsConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    workload: WorkloadSpec = Field(description="The access stream of every vCPU.")
+    variants: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Variant name -> {dotted.key: value} overrides.")
+
+    @model_validator(mode="after")
+    def _check_geometry(self) -> "ExperimentConfig":
+        try:
+            geom = self.geometry
+        except GeometryError as e:
+            raise ValueError(f"machine: {e}") from None
+        ipa_limit = 1 << self.machine.ipa_bits
+        for i, slot in enumerate(self.guest.slots()):
+            if slot.size <= 0 or slot.size % geom.page_size:
+                raise ValueError(f"guest.memslots[{i}].size: {format_size(slot.size)} is not a "
+                                 f"positive multiple of the {self.machine.granule} page")
+            if slot.base % geom.page_size:
+                raise ValueError(f"guest.memslots[{i}].base: not aligned to the "
+                                 f"{self.machine.granule} page")
+            if slot.base + slot.size > ipa_limit:
+                raise ValueError(
+                    f"guest.memory: {format_size(slot.base + slot.size)} of IPA space does not fit "
+                    f"in machine.ipa_bits = {self.machine.ipa_bits} "
+                    f"({format_size(ipa_limit)})")
+        slots = sorted(self.guest.slots(), key=lambda s: s.base)
+        for a, b in zip(slots, slots[1:]):
+            if a.base + a.size > b.base:
+                raise ValueError("guest.memslots: memslots overlap")
+        total = sum(s.size for s in slots)
+        if self.guest.pa_base % geom.page_size:
+            raise ValueError("guest.pa_base: not aligned to the page size")
+        if self.guest.pa_base + total > 1 << self.machine.pa_bits:
+            raise ValueError(f"guest.memory: does not fit below machine.pa_bits = "
+                             f"{self.machine.pa_bits} from guest.pa_base")
+        unit = self.guest.placement_unit
+        if unit < geom.page_size or unit & (unit - 1):
+            raise ValueError("guest.placement_unit: must be a power of two of at least the "
+                             "page size")
+        if self.guest.mapping != "largest":
+            size = parse_size(self.guest.mapping)
+            if size not in geom.leaf_sizes().values():
+                sizes = ", ".join(format_size(s) for s in geom.leaf_sizes().values())
+                raise ValueError(f"guest.mapping: {self.guest.mapping} is not a mapping size of "
+                                 f"the {self.machine.granule} granule ({sizes})")
+        for lv in self.tlb.levels:
+            for ps in lv.page_sizes or []:
+                if ps not in geom.leaf_sizes().values():
+                    raise ValueError(f"tlb.levels.{lv.name}.page_sizes: {format_size(ps)} is not "
+                                     f"a leaf size of the {self.machine.granule} granule")
+        return self
+
+    @property
+    def geometry(self) -> Geometry:
+        return Geometry.from_granule(self.machine.granule, self.machine.ipa_bits)
+
+    def mapping_size(self) -> int | None:
+        """The mapping size of guest.mapping, or None for 'largest'."""
+        return None if self.guest.mapping == "largest" else parse_size(self.guest.mapping)
+
+    def backing_size(self) -> int:
+        g = self.geometry
+        return {
+            "anonymous": g.page_size,
+            "thp": g.size(2),
+            "hugetlb_2m": 2 << 20,
+            "hugetlb_1g": 1 << 30,
+        }[self.guest.backing]
+
+
+# ---------------------------------------------------------------------------------------
+# loading, overrides, variants
+
+
+def _format_loc(loc: tuple) -> str:
+    parts: list[str] = []
+    for p in loc:
+        if isinstance(p, int):
+            parts.append(f"[{p}]")
+        elif p in ("sequential", "uniform", "zipf", "stride", "phases", "lackey", "drmemtrace",
+                   "npy") and parts and parts[-1].startswith("workload"):
+            continue  # the discriminated union's tag adds nothing for the user
+        else:
+            parts.append(("." if parts else "") + str(p))
+    return "".join(parts).replace(".[", "[")
+
+
+def _validation_error(source: str, err: ValidationError) -> ConfigError:
+    e = err.errors()[0]
+    field = _format_loc(tuple(e.get("loc", ())))
+    msg = e.get("msg", "invalid value")
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if e.get("type") == "extra_forbidden":
+        msg = "unknown key"
+    if ": " in msg and not field and msg.split(": ", 1)[0].replace(".", "").replace("[", "").replace("]", "").replace("_", "").isalnum():
+        field, msg = msg.split(": ", 1)
+    return ConfigError(source, field, msg)
+
+
+def parse_value(text: str) -> Any:
+    """A --set value: YAML scalar/list syntax (``4K`` stays a string, ``true`` a bool)."""
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def apply_override(data: dict, dotted: str, value: Any, source: str = "--set") -> None:
+    """Set ``data[a][b][c] = value`` for ``dotted = "a.b.c"``; list items by index or by the
+    ``name`` of an item (``tlb.levels.l2.sets``)."""
+    if not dotted or any(not p for p in dotted.split(".")):
+        raise ConfigError(source, dotted, "expected a dotted key like guest.vcpus")
+    parts = dotted.split(".")
+    node: Any = data
+    for i, key in enumerate(parts[:-1]):
+        node = _child(node, key, source, ".".join(parts[: i + 1]), create=True)
+    last = parts[-1]
+    if isinstance(node, list):
+        idx = _list_index(node, last, source, dotted)
+        node[idx] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(source, dotted, "cannot set a key inside a scalar")
+
+
+def _list_index(node: list, key: str, source: str, where: str) -> int:
+    if key.lstrip("-").isdigit():
+        idx = int(key)
+        if not -len(node) <= idx < len(node):
+            raise ConfigError(source, where, f"index {idx} out of range ({len(node)} items)")
+        return idx
+    for i, item in enumerate(node):
+        if isinstance(item, dict) and item.get("name") == key:
+            return i
+    raise ConfigError(source, where, f"no list item named {key!r}")
+
+
+def _child(node: Any, key: str, source: str, where: str, create: bool) -> Any:
+    if isinstance(node, dict):
+        if key not in node or node[key] is None:
+            if not create:
+                raise ConfigError(source, where, "no such key")
+            node[key] = {}
+        return node[key]
+    if isinstance(node, list):
+        return node[_list_index(node, key, source, where)]
+    raise ConfigError(source, where, "cannot descend into a scalar")
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping; errors name the file (and line for syntax errors)."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(str(path), "", "no such file") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
+        raise ConfigError(str(path), "", f"cannot read: {e.__class__.__name__}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError(str(path), where, problem) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), "", "the file must hold a YAML mapping")
+    return data
+
+
+def validate(data: dict, source: str) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise _validation_error(source, err) from None
+
+
+def parse_sets(sets: list[str] | None) -> list[tuple[str, Any]]:
+    out = []
+    for item in sets or []:
+        if "=" not in item:
+            raise ConfigError("--set", item, "expected dotted.key=value")
+        key, _, text = item.partition("=")
+        out.append((key.strip(), parse_value(text)))
+    return out
+
+
+def resolve_workload_paths(data: dict, base: Path) -> None:
+    """Make trace paths in ``workload`` relative to the config file's directory."""
+    def fix(w: Any) -> None:
+        if isinstance(w, dict):
+            if "path" in w and isinstance(w["path"], str) and not Path(w["path"]).is_absolute():
+                candidate = base / w["path"]
+                if candidate.exists() or not Path(w["path"]).exists():
+                    w["path"] = str(candidate)
+            for sub in w.get("phases", []) or []:
+                fix(sub)
+    fix(data.get("workload"))
+
+
+class Experiment:
+    """A loaded experiment: the raw data (overrides applied), its validated base config, and
+    one validated config per variant (``default`` when it has none)."""
+
+    def __init__(self, path: str | Path, sets: list[str] | None = None):
+        self.path = str(path)
+        raw = load_yaml(path)
+        overrides = parse_sets(sets)
+        for key, value in overrides:
+            apply_override(raw, key, value)
+        resolve_workload_paths(raw, Path(path).resolve().parent)
+        self.raw = raw
+        try:
+            self.config = validate(copy.deepcopy(raw), self.path)
+        except ConfigError as e:
+            # a field an override touched: the override is what to fix
+            for key, _ in overrides:
+                if e.field and (key.startswith(e.field) or e.field.startswith(key)):
+                    raise ConfigError(f"{self.path}: --set {key}", e.field, e.message) from None
+            raise
+        self.variants: dict[str, ExperimentConfig] = {}
+        names = list(self.config.variants) or ["default"]
+        for name in names:
+            data = copy.deepcopy(raw)
+            data.pop("variants", None)
+            for key, value in (self.config.variants.get(name) or {}).items():
+                apply_override(data, key, copy.deepcopy(value), f"{self.path}: variants.{name}")
+            data["variants"] = {}
+            self.variants[name] = validate(data, f"{self.path} (variant {name})")
+
+    def resolved(self) -> dict:
+        """The base configuration with every default filled in (for results.json)."""
+        return self.config.model_dump(mode="json")
+
+
+def seconds(cycles: int, clock_ghz: float) -> float:
+    return cycles / (clock_ghz * 1e9)
+
+
+def is_pow2(n: int) -> bool:
+    return n > 0 and (n & (n - 1)) == 0 and math.log2(n).is_integer()
