@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from simulator import analysis
 from simulator.config import ConfigError, Experiment
 from simulator.engine import SimulationError, run_config
 from simulator.report import print_summary, write_results
@@ -87,6 +88,8 @@ def run(
     out: Annotated[Optional[Path], typer.Option(help="Output directory (default out/<name>).")] = None,
     set_: SetOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")] = False,
+    compare: Annotated[bool, typer.Option("--compare", help="Print the variants side by "
+                                          "side afterwards (as `mmusim compare`).")] = False,
 ) -> None:
     """Run an experiment: writes OUT/results.json and OUT/results.csv, prints a summary."""
     exp = load(config, set_)
@@ -99,6 +102,149 @@ def run(
     if not quiet:
         print_summary(results)
         typer.echo(f"results in {out_dir}/results.json")
+    if compare:
+        _print_compare([(str(out_dir / "results.json"), results)], None, None)
+
+
+def _counters_opt(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    out = []
+    for v in values:
+        out += [x.strip() for x in v.split(",") if x.strip()]
+    return out or None
+
+
+def _print_compare(loaded, names, plot_path) -> None:
+    console = Console(width=max(100, Console().width))
+    for cols in analysis.columns_for(loaded):
+        title = loaded[0][1].get("name", "results") if len(loaded) == 1 else \
+            f"A = {loaded[0][0]}, B = {loaded[1][0]}"
+        console.print(analysis.compare_table(cols, names, title))
+    if plot_path is not None:
+        cols = analysis.columns_for(loaded)
+        flat = [c for group in cols for c in group]
+        if not flat:
+            fail("compare: no variant to plot")
+        try:
+            analysis.plot(flat, names, plot_path, loaded[0][1].get("name", ""))
+        except OSError as e:
+            fail(f"{plot_path}: cannot write the plot: {e.strerror or e}")
+        typer.echo(f"plot in {plot_path}")
+
+
+@app.command()
+def compare(
+    results: Annotated[list[Path], typer.Argument(help="results.json (one: its variants side "
+                                                  "by side; two: A vs B variant by variant).")],
+    counters: Annotated[Optional[list[str]], typer.Option(
+        "--counters", "-c", help="Counters or metrics to show (comma-separated, repeatable); "
+        "default: TLB misses per 1000 accesses, walks per access, faults, cycles per access, "
+        "the leaf-level mix.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Write a figure (PNG) too.")] = None,
+) -> None:
+    """Show variants side by side with the change against the first."""
+    if not 1 <= len(results) <= 2:
+        fail("compare: give one or two results files")
+    loaded = []
+    for p in results:
+        try:
+            loaded.append((str(p), analysis.load_results(p)))
+        except analysis.ResultsError as e:
+            fail(str(e))
+    if len(loaded) == 2 and not analysis.columns_for(loaded):
+        fail(f"{results[1]}: variants: no variant name in common with {results[0]}")
+    _print_compare(loaded, _counters_opt(counters), plot)
+
+
+@app.command()
+def check(
+    results: Annotated[Path, typer.Argument(help="results.json to check.")],
+    baseline: Annotated[Path, typer.Option(help="The baseline results.json.")],
+    rtol: Annotated[float, typer.Option(help="Relative tolerance of cycle and time figures.")]
+    = 0.02,
+    update: Annotated[bool, typer.Option("--update", help="Rewrite the baseline with the "
+                                         "results.")] = False,
+) -> None:
+    """Exit 1 (with a table) if a count differs at all or a cycle/time figure by more than
+    RTOL from the baseline; exit 0 otherwise."""
+    try:
+        res = analysis.load_results(results)
+    except analysis.ResultsError as e:
+        fail(str(e))
+    if update:
+        from simulator.report import atomic_write_files
+        import json
+
+        atomic_write_files(baseline.parent if str(baseline.parent) else Path("."),
+                           {baseline.name: json.dumps(analysis.baseline_of(res), indent=1)
+                            + "\n"})
+        typer.echo(f"baseline {baseline} updated")
+        return
+    try:
+        base = analysis.load_results(baseline)
+    except analysis.ResultsError as e:
+        fail(str(e))
+    if rtol < 0:
+        fail("--rtol: must be >= 0")
+    diffs = analysis.check(res, base, rtol)
+    if diffs:
+        Console(width=max(100, Console().width)).print(analysis.diff_table(diffs, rtol))
+        raise typer.Exit(1)
+    typer.echo(f"{results}: matches {baseline} (counts exact, cycles within {rtol:.1%})")
+
+
+@app.command()
+def sweep(
+    config: Annotated[Path, typer.Argument(help="Experiment YAML file with a sweep: mapping.")],
+    out: Annotated[Optional[Path], typer.Option(help="Output directory (default "
+                                                "out/<name>-sweep).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Parallel workers (default: all "
+                                                   "cores).")] = None,
+    backend: Annotated[str, typer.Option(help="local, dask or ray.")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="Scheduler address of a running "
+                                                   "Dask or Ray cluster.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Keep results.jsonl and run only "
+                                         "what is missing.")] = False,
+    set_: SetOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Run the cross product of the sweep: lists × variants; append each finished point to
+    OUT/results.jsonl; write OUT/sweep.csv."""
+    from simulator.sweep import run_sweep
+
+    if backend not in ("local", "dask", "ray"):
+        fail(f"--backend: expected local, dask or ray, not {backend!r}")
+    if workers is not None and workers < 1:
+        fail("--workers: must be at least 1")
+    exp = load(config, set_)
+    out_dir = out or Path("out") / f"{exp.config.name}-sweep"
+    progress = None
+    bar = None
+    if not quiet:
+        bar = Progress(TextColumn(f"[bold]{exp.config.name}"), BarColumn(),
+                       TextColumn("{task.completed}/{task.total} points"), TimeElapsedColumn(),
+                       console=err_console, transient=True)
+        task_id = bar.add_task("sweep", total=None)
+        bar.start()
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task_id, completed=done, total=total)
+    try:
+        records = run_sweep(exp, out_dir, workers=workers, backend=backend, address=address,
+                            resume=resume, progress=progress)
+    except ConfigError as e:
+        fail(str(e))
+    except TraceError as e:
+        fail(f"{e.path}: {e.message} (workload.path in {config})")
+    except WorkloadError as e:
+        fail(f"{config}: workload: {e}")
+    except SimulationError as e:
+        fail(f"{config}: {e.field}: {e.message}")
+    finally:
+        if bar is not None:
+            bar.stop()
+    typer.echo(f"{len(records)} results in {out_dir}/results.jsonl and {out_dir}/sweep.csv")
 
 
 @app.command()

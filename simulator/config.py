@@ -12,6 +12,7 @@ Errors are raised as :class:`ConfigError` with the file and the dotted field the
 from __future__ import annotations
 
 import copy
+import json
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -200,6 +201,17 @@ class ExperimentConfig(_Model):
     workload: WorkloadSpec = Field(description="The access stream of every vCPU.")
     variants: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Variant name -> {dotted.key: value} overrides.")
+    sweep: dict[str, list[Any]] = Field(
+        default_factory=dict, description="Dotted key -> list of values; `mmusim sweep` runs "
+        "the cross product (x every variant); `mmusim run` uses the file's own values.")
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweep_lists(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in v.items():
+            if not values:
+                raise ValueError(f"sweep.{key}: needs at least one value")
+        return v
 
     @model_validator(mode="after")
     def _check_geometry(self) -> "ExperimentConfig":
@@ -406,28 +418,48 @@ class Experiment:
     def __init__(self, path: str | Path, sets: list[str] | None = None):
         self.path = str(path)
         raw = load_yaml(path)
-        overrides = parse_sets(sets)
-        for key, value in overrides:
-            apply_override(raw, key, value)
         resolve_workload_paths(raw, Path(path).resolve().parent)
-        self.raw = raw
+        overrides = parse_sets(sets)
+        # Overrides address the resolved configuration, so a key that exists only as a
+        # default (tlb.levels.l2.sets with no tlb: in the file) can be set; a file that does
+        # not validate on its own takes them raw (an override may be what repairs it).
         try:
-            self.config = validate(copy.deepcopy(raw), self.path)
+            data = validate(copy.deepcopy(raw), self.path).model_dump(mode="json")
+        except ConfigError:
+            if not overrides:
+                raise
+            data = raw
+        for key, value in overrides:
+            apply_override(data, key, value)
+        try:
+            self.config = validate(data, self.path)
         except ConfigError as e:
             # a field an override touched: the override is what to fix
             for key, _ in overrides:
                 if e.field and (key.startswith(e.field) or e.field.startswith(key)):
                     raise ConfigError(f"{self.path}: --set {key}", e.field, e.message) from None
             raise
+        self.raw = self.config.model_dump(mode="json")
         self.variants: dict[str, ExperimentConfig] = {}
-        names = list(self.config.variants) or ["default"]
-        for name in names:
-            data = copy.deepcopy(raw)
-            data.pop("variants", None)
-            for key, value in (self.config.variants.get(name) or {}).items():
-                apply_override(data, key, copy.deepcopy(value), f"{self.path}: variants.{name}")
-            data["variants"] = {}
-            self.variants[name] = validate(data, f"{self.path} (variant {name})")
+        for name in list(self.config.variants) or ["default"]:
+            self.variants[name] = self.variant_config(name, {})
+
+    def variant_config(self, name: str, point: dict[str, Any],
+                       seed: int | None = None) -> "ExperimentConfig":
+        """The configuration of variant ``name`` at sweep ``point`` (overrides of the
+        point first, then the variant's)."""
+        data = copy.deepcopy(self.raw)
+        variants = data.pop("variants", None) or {}
+        data.pop("sweep", None)
+        where = self.path + (f": sweep point {json.dumps(point)}" if point else "")
+        for key, value in point.items():
+            apply_override(data, key, copy.deepcopy(value), where)
+        for key, value in (variants.get(name) or {}).items():
+            apply_override(data, key, copy.deepcopy(value), f"{where}: variants.{name}")
+        if seed is not None:
+            data["seed"] = seed
+        label = f"{where} (variant {name})" if name != "default" else where
+        return validate(data, label)
 
     def resolved(self) -> dict:
         """The base configuration with every default filled in (for results.json)."""

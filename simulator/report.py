@@ -34,12 +34,15 @@ def atomic_write_files(out: Path, files: dict[str, str]) -> None:
     them complete or none of the new ones: each is written to a temporary file in ``out``,
     then all are renamed into place."""
     out.mkdir(parents=True, exist_ok=True)
+    umask = os.umask(0)
+    os.umask(umask)
     tmps = []
     try:
         for name, text in files.items():
             fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=out)
             with os.fdopen(fd, "w") as f:
                 f.write(text)
+            os.chmod(tmp, 0o666 & ~umask)
             tmps.append((tmp, out / name))
         for tmp, dest in tmps:
             os.replace(tmp, dest)

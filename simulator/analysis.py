@@ -1,0 +1,271 @@
+"""Reading results: derived metrics, side-by-side comparison, plots, and the regression check."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.table import Table
+
+
+class ResultsError(ValueError):
+    """A results file that cannot be read: ``path`` and a message."""
+
+    def __init__(self, path: str, message: str):
+        self.path = path
+        self.message = message
+        super().__init__(path, message)
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+def load_results(path: str | Path) -> dict:
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ResultsError(str(path), "no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ResultsError(str(path), f"cannot read: {e.__class__.__name__}") from None
+    except json.JSONDecodeError as e:
+        raise ResultsError(str(path), f"not JSON (line {e.lineno})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("variants"), dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("counters"), dict)
+            for v in data["variants"].values()):
+        raise ResultsError(str(path), "variants: not an mmusim results file")
+    return data
+
+
+# ---------------------------------------------------------------------------------------
+# derived metrics
+
+
+def tlb_levels(counters: dict) -> list[str]:
+    """TLB level names present in ``counters``, in probe order when known."""
+    names = []
+    for k in counters:
+        if k.startswith("tlb.") and k.endswith(".misses"):
+            names.append(k[4:-7])
+    return names
+
+
+def metrics(v: dict) -> dict[str, float]:
+    """The default figures of a variant: misses per 1000 accesses per TLB level, walks per
+    access, faults, cycles per access, and the leaf-level mix of translations."""
+    c = v["counters"]
+    acc = c.get("accesses", 0) or 0
+    out: dict[str, float] = {}
+    for lvl in tlb_levels(c):
+        out[f"tlb.{lvl}.mpka"] = 1000 * c[f"tlb.{lvl}.misses"] / acc if acc else math.nan
+    out["walks/access"] = c.get("walks", 0) / acc if acc else math.nan
+    out["translation_faults"] = c.get("translation_faults", 0)
+    out["permission_faults"] = c.get("permission_faults", 0)
+    cycles = c.get("cycles", v.get("sim_cycles", 0))
+    out["cycles/access"] = cycles / acc if acc else math.nan
+    out["sim_seconds"] = v.get("sim_seconds", math.nan)
+    total = sum(c.get(f"xlate.l{i}", 0) for i in (1, 2, 3))
+    for i in (1, 2, 3):
+        out[f"mix.l{i}"] = c.get(f"xlate.l{i}", 0) / total if total else 0.0
+    for i in (1, 2, 3):
+        out[f"mappings.l{i}"] = c.get(f"mappings.l{i}", 0)
+    return out
+
+
+def values(v: dict, names: list[str] | None) -> dict[str, float]:
+    """Default metrics, or the named counters/metrics."""
+    m = metrics(v)
+    if not names:
+        return m
+    out = {}
+    for n in names:
+        if n in m:
+            out[n] = m[n]
+        elif n in v["counters"]:
+            out[n] = v["counters"][n]
+        elif n in v and isinstance(v[n], (int, float)):
+            out[n] = v[n]
+        else:
+            out[n] = math.nan
+    return out
+
+
+def _fmt(x: float) -> str:
+    if isinstance(x, float) and math.isnan(x):
+        return "-"
+    if isinstance(x, int) or (isinstance(x, float) and x.is_integer() and abs(x) >= 1000):
+        return f"{int(x):,}"
+    return f"{x:.4g}"
+
+
+def _change(base: float, x: float) -> str:
+    if any(isinstance(y, float) and math.isnan(y) for y in (base, x)):
+        return "-"
+    d = x - base
+    if base == 0:
+        return f"{_fmt(d)}" if d else "0"
+    return f"{'+' if d >= 0 else ''}{_fmt(d)} ({100 * d / base:+.1f}%)"
+
+
+@dataclass
+class Column:
+    label: str
+    variant: dict
+
+
+def compare_table(columns: list[Column], names: list[str] | None, title: str) -> Table:
+    """Rows: metrics; columns: each variant's value and its change against the first."""
+    table = Table(title=title)
+    table.add_column("metric")
+    vals = [values(col.variant, names) for col in columns]
+    keys = list(vals[0])
+    for extra in vals[1:]:
+        keys += [k for k in extra if k not in keys]
+    for i, col in enumerate(columns):
+        table.add_column(col.label, justify="right")
+        if i:
+            table.add_column(f"Δ vs {columns[0].label}", justify="right")
+    for k in keys:
+        row = [k]
+        base = vals[0].get(k, math.nan)
+        for i, val in enumerate(vals):
+            x = val.get(k, math.nan)
+            row.append(_fmt(x))
+            if i:
+                row.append(_change(base, x))
+        table.add_row(*row)
+    return table
+
+
+def columns_for(results: list[tuple[str, dict]]) -> list[list[Column]]:
+    """One results file: one table of its variants. Two: one table per variant name, A vs B."""
+    if len(results) == 1:
+        _, r = results[0]
+        return [[Column(name, v) for name, v in r["variants"].items()]]
+    (pa, a), (pb, b) = results[0], results[1]
+    tables = []
+    for name in a["variants"]:
+        if name in b["variants"]:
+            tables.append([Column(f"A:{name}", a["variants"][name]),
+                           Column(f"B:{name}", b["variants"][name])])
+    return tables
+
+
+def plot(columns: list[Column], names: list[str] | None, path: str | Path, title: str) -> None:
+    """Grouped bars of the chosen figures per variant, and the leaf-level mix as stacked bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    vals = [values(c.variant, names) for c in columns]
+    keys = [k for k in vals[0] if not k.startswith("mix.") and not k.startswith("mappings.")]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(keys) + 4), 4.5),
+                                   gridspec_kw={"width_ratios": [3, 1]})
+    width = 0.8 / max(1, len(columns))
+    x = np.arange(len(keys))
+    for i, (col, v) in enumerate(zip(columns, vals)):
+        base = [vals[0].get(k) or 1.0 for k in keys]
+        rel = [(v.get(k, 0) or 0) / b if b else 0 for k, b in zip(keys, base)]
+        ax1.bar(x + i * width, rel, width, label=col.label)
+    ax1.set_xticks(x + width * (len(columns) - 1) / 2, keys, rotation=30, ha="right")
+    ax1.set_ylabel(f"relative to {columns[0].label}")
+    ax1.axhline(1.0, color="grey", lw=0.5)
+    ax1.legend(fontsize="small")
+    ax1.set_title(title)
+    bottoms = np.zeros(len(columns))
+    for lvl, color in ((3, "#4c72b0"), (2, "#dd8452"), (1, "#55a868")):
+        fr = np.array([metrics(c.variant)[f"mix.l{lvl}"] for c in columns])
+        ax2.bar([c.label for c in columns], fr, bottom=bottoms, color=color, label=f"L{lvl} leaf")
+        bottoms += fr
+    ax2.set_ylim(0, 1)
+    ax2.set_title("translations by leaf level")
+    ax2.tick_params(axis="x", rotation=30)
+    ax2.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------
+# the regression check
+
+TIMED = ("cycles", "seconds")
+IGNORED = ("host_seconds", "host_bytes")
+
+
+def is_timed(key: str) -> bool:
+    return any(t in key for t in TIMED)
+
+
+@dataclass
+class Difference:
+    variant: str
+    key: str
+    baseline: float | None
+    result: float | None
+    kind: str  # "count", "timed", "missing"
+
+    def rel(self) -> float:
+        if self.baseline in (None, 0) or self.result is None:
+            return math.inf
+        return abs(self.result - self.baseline) / abs(self.baseline)
+
+
+def check(results: dict, baseline: dict, rtol: float) -> list[Difference]:
+    """Every count that differs at all, every cycle/time figure beyond ``rtol``, and every
+    variant or counter present on one side only."""
+    diffs: list[Difference] = []
+    for name in sorted(set(baseline["variants"]) | set(results["variants"])):
+        b = baseline["variants"].get(name)
+        r = results["variants"].get(name)
+        if b is None or r is None:
+            diffs.append(Difference(name, "(variant)", None if b is None else 1,
+                                    None if r is None else 1, "missing"))
+            continue
+        flat_b = {**b["counters"], **{k: b[k] for k in ("sim_cycles", "sim_seconds") if k in b}}
+        flat_r = {**r["counters"], **{k: r[k] for k in ("sim_cycles", "sim_seconds") if k in r}}
+        for key in sorted(set(flat_b) | set(flat_r)):
+            if key in IGNORED:
+                continue
+            bv, rv = flat_b.get(key), flat_r.get(key)
+            if bv is None or rv is None:
+                diffs.append(Difference(name, key, bv, rv, "missing"))
+            elif is_timed(key):
+                if bv == rv:
+                    continue
+                d = Difference(name, key, bv, rv, "timed")
+                if d.rel() > rtol:
+                    diffs.append(d)
+            elif bv != rv:
+                diffs.append(Difference(name, key, bv, rv, "count"))
+    return diffs
+
+
+def baseline_of(results: dict) -> dict:
+    """What a baseline keeps of a results file: what `check` compares (no resolved config,
+    which may hold machine paths, and no host timings)."""
+    return {
+        "name": results.get("name"),
+        "seed": results.get("seed"),
+        "variants": {
+            name: {"counters": v["counters"],
+                   **{k: v[k] for k in ("sim_cycles", "sim_seconds") if k in v}}
+            for name, v in results["variants"].items()
+        },
+    }
+
+
+def diff_table(diffs: list[Difference], rtol: float) -> Table:
+    table = Table(title=f"differences from the baseline (cycle/time figures beyond {rtol:.1%})")
+    for col in ("variant", "counter", "baseline", "result", "change"):
+        table.add_column(col, justify="right" if col in ("baseline", "result", "change")
+                         else "left")
+    for d in diffs:
+        change = "-" if d.kind == "missing" else _change(d.baseline, d.result)
+        table.add_row(d.variant, d.key, "-" if d.baseline is None else _fmt(d.baseline),
+                      "-" if d.result is None else _fmt(d.result), change)
+    return table

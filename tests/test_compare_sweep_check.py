@@ -1,0 +1,266 @@
+"""`mmusim compare`, `mmusim sweep` and `mmusim check`."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from simulator.analysis import check, load_results, metrics
+from simulator.config import Experiment
+from simulator.sweep import derive_seed, expand, read_done, run_sweep
+
+KNOWN = {
+    "name": "known",
+    "seed": 1,
+    "config": {},
+    "variants": {
+        "before": {"counters": {"accesses": 1000, "tlb.l1.misses": 200, "tlb.l2.misses": 50,
+                                "walks": 50, "translation_faults": 10, "cycles": 20000,
+                                "xlate.l1": 0, "xlate.l2": 0, "xlate.l3": 1000,
+                                "mappings.l1": 0, "mappings.l2": 0, "mappings.l3": 10},
+                   "sim_cycles": 10000, "sim_seconds": 5e-06, "host_seconds": 0.1},
+        "after": {"counters": {"accesses": 1000, "tlb.l1.misses": 100, "tlb.l2.misses": 25,
+                               "walks": 25, "translation_faults": 2, "cycles": 15000,
+                               "xlate.l1": 0, "xlate.l2": 750, "xlate.l3": 250,
+                               "mappings.l1": 0, "mappings.l2": 1, "mappings.l3": 2},
+                  "sim_cycles": 7500, "sim_seconds": 3.75e-06, "host_seconds": 0.1},
+    },
+}
+
+
+def cli(*args, cwd=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "simulator.cli", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture
+def known(tmp_path) -> Path:
+    p = tmp_path / "known.json"
+    p.write_text(json.dumps(KNOWN))
+    return p
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def test_metrics_of_a_known_variant():
+    m = metrics(KNOWN["variants"]["after"])
+    assert m["tlb.l1.mpka"] == 100.0 and m["tlb.l2.mpka"] == 25.0
+    assert m["walks/access"] == 0.025
+    assert m["cycles/access"] == 15.0
+    assert (m["mix.l1"], m["mix.l2"], m["mix.l3"]) == (0.0, 0.75, 0.25)
+
+
+def test_compare_prints_values_and_change_against_the_first(known):
+    r = cli("compare", str(known))
+    assert r.returncode == 0, r.stderr
+    lines = {ln.split("│")[1].strip(): [c.strip() for c in ln.split("│")[2:-1]]
+             for ln in r.stdout.splitlines() if ln.count("│") >= 4}
+    assert lines["tlb.l1.mpka"] == ["200", "100", "-100 (-50.0%)"]
+    assert lines["translation_faults"] == ["10", "2", "-8 (-80.0%)"]
+    assert lines["walks/access"] == ["0.05", "0.025", "-0.025 (-50.0%)"]
+    assert lines["cycles/access"] == ["20", "15", "-5 (-25.0%)"]
+    assert lines["mix.l2"] == ["0", "0.75", "0.75"]
+
+
+def test_compare_chosen_counters(known):
+    r = cli("compare", str(known), "--counters", "walks,tlb.l2.misses")
+    assert r.returncode == 0, r.stderr
+    rows = [ln.split("│")[1].strip() for ln in r.stdout.splitlines() if ln.count("│") >= 4]
+    assert rows == ["walks", "tlb.l2.misses"]
+
+
+def test_compare_two_files_variant_by_variant(known, tmp_path):
+    other = copy.deepcopy(KNOWN)
+    other["variants"]["before"]["counters"]["walks"] = 100
+    b = tmp_path / "b.json"
+    b.write_text(json.dumps(other))
+    r = cli("compare", str(known), str(b), "--counters", "walks")
+    assert r.returncode == 0, r.stderr
+    assert "A:before" in r.stdout and "B:before" in r.stdout
+    assert "+50 (+100.0%)" in r.stdout
+
+
+def test_compare_writes_a_plot(known, tmp_path):
+    png = tmp_path / "fig.png"
+    r = cli("compare", str(known), "--plot", str(png))
+    assert r.returncode == 0, r.stderr
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_compare_bad_file_is_an_error_line(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    r = cli("compare", str(bad))
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "bad.json" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+# --------------------------------------------------------------------------- check
+
+
+def test_check_passes_on_identical_results(known):
+    r = cli("check", str(known), "--baseline", str(known))
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_check_catches_a_one_fault_difference(known, tmp_path):
+    res = copy.deepcopy(KNOWN)
+    res["variants"]["after"]["counters"]["translation_faults"] += 1
+    p = tmp_path / "r.json"
+    p.write_text(json.dumps(res))
+    r = cli("check", str(p), "--baseline", str(known))
+    assert r.returncode == 1
+    assert "translation_faults" in r.stdout and "after" in r.stdout
+    assert [d.key for d in check(res, KNOWN, 0.02)] == ["translation_faults"]
+
+
+def test_check_cycle_drift_past_rtol_fails_and_within_passes(known, tmp_path):
+    res = copy.deepcopy(KNOWN)
+    res["variants"]["before"]["sim_cycles"] = 10300  # +3 %
+    res["variants"]["before"]["counters"]["cycles"] = 20100  # +0.5 %
+    p = tmp_path / "r.json"
+    p.write_text(json.dumps(res))
+    r = cli("check", str(p), "--baseline", str(known))
+    assert r.returncode == 1 and "sim_cycles" in r.stdout
+    assert [d.key for d in check(res, KNOWN, 0.02)] == ["sim_cycles"]
+    assert cli("check", str(p), "--baseline", str(known), "--rtol", "0.05").returncode == 0
+
+
+def test_check_update_rewrites_the_baseline(known, tmp_path):
+    res = copy.deepcopy(KNOWN)
+    res["variants"]["after"]["counters"]["walks"] = 7
+    p = tmp_path / "r.json"
+    p.write_text(json.dumps(res))
+    base = tmp_path / "base.json"
+    assert cli("check", str(p), "--baseline", str(base), "--update").returncode == 0
+    assert load_results(base)["variants"]["after"]["counters"]["walks"] == 7
+    assert cli("check", str(p), "--baseline", str(base)).returncode == 0
+
+
+# --------------------------------------------------------------------------- sweep
+
+SWEEP = {
+    "name": "sw",
+    "seed": 5,
+    "guest": {"memory": "256MiB", "vcpus": 1},
+    "workload": {"type": "zipf", "accesses": 4000, "footprint": "64MiB"},
+    "variants": {"small": {"guest.mapping": "4K"}, "big": {"guest.mapping": "2M"}},
+    "sweep": {"tlb.levels.l2.sets": [32, 128], "guest.vcpus": [1, 2]},
+}
+
+
+@pytest.fixture
+def sweep_cfg(tmp_path) -> Path:
+    p = tmp_path / "sw.yaml"
+    p.write_text(yaml.safe_dump(SWEEP))
+    return p
+
+
+def _by_key(path: Path) -> dict:
+    """Records by (point, variant), as JSON text without the host's wall time."""
+    out = {}
+    for r in map(json.loads, path.read_text().splitlines()):
+        r.pop("host_seconds")
+        out[json.dumps([r["point"], r["variant"]], sort_keys=True)] = json.dumps(r, sort_keys=True)
+    return out
+
+
+def test_sweep_expands_points_times_variants_with_derived_seeds(sweep_cfg):
+    tasks = expand(Experiment(sweep_cfg))
+    assert len(tasks) == 2 * 2 * 2
+    assert {t.variant for t in tasks} == {"small", "big"}
+    seeds = {json.dumps(t.point, sort_keys=True): t.seed for t in tasks}
+    assert len(set(seeds.values())) == 4
+    for t in tasks:
+        assert t.seed == derive_seed(5, t.point)
+        assert t.config["tlb"]["levels"][1]["sets"] == t.point["tlb.levels.l2.sets"]
+    assert derive_seed(5, {}) == 5
+
+
+def test_sweep_serial_equals_parallel_byte_for_byte(sweep_cfg, tmp_path):
+    exp = Experiment(sweep_cfg)
+    run_sweep(exp, tmp_path / "serial", workers=1)
+    run_sweep(exp, tmp_path / "parallel", workers=2)
+    a = _by_key(tmp_path / "serial" / "results.jsonl")
+    b = _by_key(tmp_path / "parallel" / "results.jsonl")
+    assert len(a) == 8 and a == b
+    assert (tmp_path / "serial" / "sweep.csv").read_text() == \
+        (tmp_path / "parallel" / "sweep.csv").read_text()
+
+
+def test_sweep_point_equals_a_plain_run_of_that_point(sweep_cfg, tmp_path):
+    from simulator.engine import run_config
+
+    exp = Experiment(sweep_cfg)
+    recs = run_sweep(exp, tmp_path / "s", workers=1)
+    rec = recs[0]
+    cfg = exp.variant_config(rec["variant"], rec["point"], rec["seed"])
+    assert run_config(cfg)["counters"] == rec["counters"]
+
+
+def test_sweep_on_a_local_dask_cluster_equals_serial(sweep_cfg, tmp_path):
+    pytest.importorskip("dask.distributed")
+    cfg = yaml.safe_load(sweep_cfg.read_text())
+    cfg["sweep"]["guest.vcpus"] = [1]
+    one = tmp_path / "one.yaml"
+    one.write_text(yaml.safe_dump(cfg))
+    exp = Experiment(one)
+    run_sweep(exp, tmp_path / "serial", workers=1)
+    run_sweep(exp, tmp_path / "dask", workers=2, backend="dask")
+    assert _by_key(tmp_path / "serial" / "results.jsonl") == \
+        _by_key(tmp_path / "dask" / "results.jsonl")
+
+
+def test_resume_after_a_killed_sweep_runs_only_what_is_missing(sweep_cfg, tmp_path):
+    out = tmp_path / "out"
+    cfg = yaml.safe_load(sweep_cfg.read_text())
+    cfg["workload"]["accesses"] = 60000
+    cfg["sweep"]["guest.vcpus"] = [1, 2, 3]
+    slow = tmp_path / "slow.yaml"
+    slow.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "simulator.cli", "sweep", str(slow),
+                             "--out", str(out), "--workers", "1", "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    jsonl = out / "results.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if jsonl.exists() and len(jsonl.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with open(jsonl, "a") as f:
+        f.write('{"point": {"torn')  # a line cut short by the kill
+    done_before = read_done(jsonl)
+    assert 2 <= len(done_before) < 12
+    r = cli("sweep", str(slow), "--out", str(out), "--workers", "1", "--resume", "--quiet")
+    assert r.returncode == 0, r.stderr
+    lines = jsonl.read_text().splitlines()
+    assert len(lines) == 12  # nothing run twice, nothing missing
+    full = tmp_path / "full"
+    assert cli("sweep", str(slow), "--out", str(full), "--workers", "2", "--quiet").returncode == 0
+    assert _by_key(jsonl) == _by_key(full / "results.jsonl")
+
+
+def test_sweep_bad_backend_and_bad_point(sweep_cfg, tmp_path):
+    r = cli("sweep", str(sweep_cfg), "--backend", "mpi", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "--backend" in r.stderr
+    cfg = yaml.safe_load(sweep_cfg.read_text())
+    cfg["sweep"] = {"guest.vcpus": [1, 0]}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    r = cli("sweep", str(bad), "--out", str(tmp_path / "o2"))
+    assert r.returncode == 2 and r.stderr.startswith("error: ")
+    assert "guest.vcpus" in r.stderr and "sweep point" in r.stderr
+    assert "Traceback" not in r.stderr
