@@ -111,6 +111,9 @@ class TLBLevelConfig(_Model):
     latency: int = Field(default=1, ge=0, description="Lookup latency, cycles.")
     page_sizes: list[Size] | None = Field(
         default=None, description="Leaf sizes the level holds (default: all of the granule).")
+    serves: Literal["all", "data", "instruction"] = Field(
+        default="all", description="Accesses the level serves: all, data (reads and writes) "
+        "or instruction (fetches); split L1 I/D TLBs over a unified L2.")
 
 
 class WalkCacheConfig(_Model):
@@ -133,6 +136,10 @@ class TLBConfig(_Model):
         names = [lv.name for lv in v]
         if len(set(names)) != len(names):
             raise ValueError(f"TLB level names must be unique, got {names}")
+        for what, ok in (("data accesses", ("all", "data")),
+                         ("instruction fetches", ("all", "instruction"))):
+            if not any(lv.serves in ok for lv in v):
+                raise ValueError(f"no level serves {what}")
         return v
 
 

@@ -224,7 +224,8 @@ class GuestVM:
         for lv in self.cfg.tlb.levels:
             sizes = lv.page_sizes or list(g.leaf_sizes().values())
             leaf_levels = tuple(sorted(g.level_for_size(s) for s in sizes))
-            specs.append(TLBLevelSpec(lv.name, lv.sets, lv.ways, lv.latency, leaf_levels))
+            specs.append(TLBLevelSpec(lv.name, lv.sets, lv.ways, lv.latency, leaf_levels,
+                                      lv.serves))
         return TLBHierarchy(specs, g.page_shift)
 
     def slot_of(self, ipa: int) -> tuple[int, int] | None:

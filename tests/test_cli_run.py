@@ -230,3 +230,23 @@ def test_validate_reports_ok_and_variants(tmp_path):
 def test_quickstart_config_validates():
     r = run_cli("validate", str(Path(__file__).parents[1] / "configs" / "quickstart.yaml"))
     assert r.returncode == 0, r.stderr
+
+
+def test_split_instruction_and_data_tlbs_see_only_their_accesses(tmp_path):
+    (tmp_path / "hand.lackey").write_text(HAND_TRACE)
+    levels = [{"name": "l1i", "sets": 2, "ways": 2, "serves": "instruction"},
+              {"name": "l1d", "sets": 4, "ways": 2, "serves": "data"},
+              {"name": "l2", "sets": 16, "ways": 4}]
+    cfg = write_config(tmp_path, {"type": "lackey", "path": "hand.lackey", "instructions": True},
+                       tlb__levels=levels)
+    c = run_config(Experiment(cfg).variants["default"])["counters"]
+    # fetches: 0x400000 (fault, replay), 0x5008 (permission fault, replay) -> 4 lookups, and
+    # l1i never holds anything they look for
+    assert (c["tlb.l1i.hits"], c["tlb.l1i.misses"]) == (0, 4)
+    # data: 6 accesses, 4 of which fault once -> 10 lookups
+    assert c["tlb.l1d.hits"] + c["tlb.l1d.misses"] == 10
+    assert c["tlb.l1d.hits"] == 2  # 0x1008 and 0x1010
+    # the fetch from 0x5008 hits the l2 entry the read of 0x5000 filled and faults on its X
+    # bit; relaxing the permission invalidates that entry, so the replay walks again
+    assert c["tlb.l2.hits"] == 1
+    assert c["permission_faults"] == 1 and c["translation_faults"] == 5

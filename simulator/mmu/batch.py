@@ -71,14 +71,15 @@ B_FAULT = 1
 
 @jit
 def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shift, root_row,
-              start_level, ia_bits, key, stamp, tpa, tperm, off, sets, ways, lat, sizes,
+              start_level, ia_bits, key, stamp, tpa, tperm, off, sets, ways, lat, sizes, serves,
               wc_tag, wc_row, wc_stamp, clock, costs, ctr, fault):
     """Run accesses ``start .. stop`` until ``budget`` cycles are used or one faults.
 
     addrs (uint64), kinds (uint8: READ/WRITE/FETCH): the access stream.
     vmid: the VMID tagging TLB and walk-cache entries.
     tables, base_pa, page_shift, root_row, start_level, ia_bits: the stage-2 (see hw_walk).
-    key, stamp, tpa, tperm, off, sets, ways, lat, sizes: the TLB hierarchy (see tlb.py).
+    key, stamp, tpa, tperm, off, sets, ways, lat, sizes, serves: the TLB hierarchy (see
+    tlb.py); a level is probed and filled only for the access classes it serves.
     wc_tag, wc_row, wc_stamp: the walk cache. clock: int64[1] LRU clock, advanced per access.
     costs: int64[N_COSTS] (K_*). ctr: int64[N_COUNTERS] counters, accumulated.
     fault: int64[N_FAULT] filled when an access faults.
@@ -127,17 +128,22 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
                 if (sizes[lv] >> held) & 1 and hs <= ls:
                     fill_at[lv, leaf] = hs
                     break
-    # The smallest size L1 holds is probed first; an access in the region of the L1 entry
-    # used last, when that entry has that size and still holds the same key, is exactly the
-    # hit a full probe would find (a key appears at most once in a set).
-    l1_first = -1
-    for leaf in range(3, 0, -1):
-        if (sizes[0] >> leaf) & 1:
-            l1_first = (page_shift - 3) * (4 - leaf) + 3
-            break
-    last_e = -1
-    last_key = U(0)
-    last_vpn = U(0)
+    # Per access class (0 data, 1 instruction): the first level serving it, and the smallest
+    # size that level holds (probed first). An access in the region of the entry of that
+    # level used last by its class, when the entry has that size and still holds the same
+    # key, is exactly the hit a full probe would find (a key appears at most once in a set).
+    first_lv = np.full(2, -1, np.int64)
+    first_shift = np.full(2, -1, np.int64)
+    for c in range(2):
+        for lv in range(nlev):
+            if (serves[lv] >> c) & 1:
+                first_lv[c] = lv
+                break
+        if first_lv[c] >= 0:
+            first_shift[c] = probe[first_lv[c], 0]
+    last_e = np.full(2, -1, np.int64)
+    last_key = np.zeros(2, np.uint64)
+    last_vpn = np.zeros(2, np.uint64)
     base_cost = costs[K_ACCESS]
     ref_cost = costs[K_MEM_REF]
     i = start
@@ -145,20 +151,24 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
     while i < stop:
         a = addrs[i]
         kind = kinds[i]
+        cls = 1 if kind == FETCH else 0
         now += 1
-        cyc = base_cost + lat[0]
-        if last_e >= 0 and (a >> U(l1_first)) == last_vpn and key[last_e] == last_key:
-            e = last_e
+        cyc = base_cost
+        le = last_e[cls]
+        if le >= 0 and (a >> U(first_shift[cls])) == last_vpn[cls] and key[le] == last_key[cls]:
+            e = le
             stamp[e] = now
-            n_hit[0] += 1
+            n_hit[first_lv[cls]] += 1
+            cyc += lat[first_lv[cls]]
             perm = np.int64(tperm[e])
         else:
-            # ---- probe the levels in order (tlb_lookup) ----
+            # ---- probe the levels serving this class, in order (tlb_lookup) ----
             e = -1
             hit = -1
             for lv in range(nlev):
-                if lv > 0:
-                    cyc += lat[lv]
+                if (serves[lv] >> cls) & 1 == 0:
+                    continue
+                cyc += lat[lv]
                 nways = ways[lv]
                 for j in range(nprobe[lv]):
                     shift = probe[lv, j]
@@ -257,6 +267,8 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
             # ---- fill the levels above the hit, or all after a walk (tlb_fill) ----
             leaf_of_entry = 4 - (shift - 3) // (page_shift - 3)
             for lv in range(nfill):
+                if (serves[lv] >> cls) & 1 == 0:
+                    continue
                 fill_shift = fill_at[lv, leaf_of_entry]
                 if fill_shift < 0:
                     continue
@@ -281,16 +293,18 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
                 stamp[victim] = now
                 tpa[victim] = fpa
                 tperm[victim] = perm
-                if lv == 0:
+                if lv == first_lv[cls]:
                     e = victim
-            # remember the L1 entry now holding this translation, when it has L1's first size
-            if e >= 0 and e < off[0] + sets[0] * ways[0] and \
-                    np.int64((key[e] >> U(40)) & U(63)) == l1_first:
-                last_e = e
-                last_key = key[e]
-                last_vpn = a >> U(l1_first)
+            # remember the class's first-level entry now holding this translation, when it
+            # has that level's first-probed size
+            f = first_lv[cls]
+            if e >= off[f] and e < off[f] + sets[f] * ways[f] and \
+                    np.int64((key[e] >> U(40)) & U(63)) == first_shift[cls]:
+                last_e[cls] = e
+                last_key[cls] = key[e]
+                last_vpn[cls] = a >> U(first_shift[cls])
             else:
-                last_e = -1
+                last_e[cls] = -1
         if kind == READ:
             need = PERM_R
         elif kind == WRITE:
@@ -359,8 +373,9 @@ class VcpuMMU:
         g = stage2.geom
         return run_batch(addrs, kinds, start, stop, budget, self.vmid, m.tables, m.base_pa,
                          g.page_shift, stage2.root, g.start_level, g.ipa_bits, t.key, t.stamp,
-                         t.pa, t.perm, t.off, t.sets, t.ways, t.latency, t.sizes, self.wc.tag,
-                         self.wc.row, self.wc.stamp, self.clock, self.costs, self.ctr, self.fault)
+                         t.pa, t.perm, t.off, t.sets, t.ways, t.latency, t.sizes, t.serves,
+                         self.wc.tag, self.wc.row, self.wc.stamp, self.clock, self.costs,
+                         self.ctr, self.fault)
 
     def counters(self) -> dict[str, int]:
         """The counters as a flat dotted dict (TLB levels by name)."""

@@ -13,7 +13,9 @@ Set index = (ipa >> size_shift) mod sets. A lookup probes every page size the le
 (``sizes[l]`` is a bitmask over leaf levels: bit 3 = page, bit 2 = level-2 block, ...).
 A level that does not hold an entry's size stores it *splintered* into the largest size it
 holds that is not larger (the pa adjusted), as real TLBs do; a level holding no size that
-small does not store it. Inclusion is not enforced (no back-invalidation).
+small does not store it. Inclusion is not enforced (no back-invalidation). A level serves
+data accesses, instruction fetches or both (``serves``: split L1 I/D TLBs over a unified L2);
+an access probes and fills only the levels that serve it.
 """
 
 from __future__ import annotations
@@ -170,6 +172,10 @@ class TLBLevelSpec:
     ways: int
     latency: int
     leaf_levels: tuple[int, ...]  # e.g. (3,) for 4K only, (1, 2, 3) for 1G/2M/4K
+    serves: str = "all"  # "all", "data" (reads and writes) or "instruction" (fetches)
+
+
+SERVES = {"data": 1, "instruction": 2, "all": 3}
 
 
 class TLBHierarchy:
@@ -188,6 +194,10 @@ class TLBHierarchy:
         self.sizes = np.array(
             [sum(1 << lf for lf in lv.leaf_levels) for lv in levels], dtype=np.int64
         )
+        self.serves = np.array([SERVES[lv.serves] for lv in levels], dtype=np.int64)
+        for cls, what in ((1, "data accesses"), (2, "instruction fetches")):
+            if not any(int(x) & cls for x in self.serves):
+                raise ValueError(f"no TLB level serves {what}")
         total = 0
         for i, lv in enumerate(levels):
             self.off[i] = total
