@@ -60,6 +60,7 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
                           text=True, cwd=cwd)
 
 
+@pytest.mark.nojit
 def test_hand_trace_data_only_gives_exact_counters(tmp_path):
     (tmp_path / "hand.lackey").write_text(HAND_TRACE)
     cfg = write_config(tmp_path, {"type": "lackey", "path": "hand.lackey"})
@@ -85,6 +86,7 @@ def test_hand_trace_data_only_gives_exact_counters(tmp_path):
     assert c["xlate.l3"] == 6
 
 
+@pytest.mark.nojit
 def test_hand_trace_with_instructions_counts_the_permission_fault(tmp_path):
     (tmp_path / "hand.lackey").write_text(HAND_TRACE)
     cfg = write_config(tmp_path, {"type": "lackey", "path": "hand.lackey", "instructions": True})
@@ -232,6 +234,7 @@ def test_quickstart_config_validates():
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.nojit
 def test_split_instruction_and_data_tlbs_see_only_their_accesses(tmp_path):
     (tmp_path / "hand.lackey").write_text(HAND_TRACE)
     levels = [{"name": "l1i", "sets": 2, "ways": 2, "serves": "instruction"},
