@@ -676,14 +676,17 @@ def _visit_post(op, row, idx, level, ctx_addr, old, tables, refcnt, free, meta, 
         pt_put(child, refcnt, free, meta, rep)
         return 0
     if op == OP_MAP:
-        # seed 000: a table left with only default (uncounted) entries is zapped: the parent
-        # entry becomes zero, the VMID range it covered is invalidated, and the table page goes
-        # back; the next host abort there maps the largest block that fits.
-        if refcnt[child] != 1:
+        # seed 000's stage2_coalesce_walk_table_post(), on the set-owner path only (F_COALESCE
+        # is set by set_owner): a table whose refcount fell to 1 holds only default
+        # (uncounted) entries; at a level that supports blocks, stage2_put_pte() clears the
+        # parent entry, invalidates that IPA at that level and drops the parent's count, and
+        # the child page goes back. The next host abort there maps the largest block.
+        min_block = 1 if page_shift == 12 else 2
+        if level < min_block or refcnt[child] != 1:
             return 0
-        gsz = np.int64(1) << _gshift(level, page_shift)
         _store(tables, row, idx, U(0), level, stat, rep)
-        _flush_vmid_range(tlog, rep, flags, np.int64(ctx_addr & ~U(gsz - 1)), gsz, page_shift)
+        _tlbi(tlog, rep, TLBI_IPA, np.int64(ctx_addr & ~U((1 << page_shift) - 1)),
+              np.int64(1) << page_shift, level)
         if is_counted(old, level, rule):
             pt_put(row, refcnt, free, meta, rep)
         free_subtree(child, level + 1, tables, refcnt, free, meta, base_pa, page_shift, rule,
