@@ -45,6 +45,7 @@ C_PERMISSION_FAULTS = 8
 C_ACCESS_FLAG_FAULTS = 9
 C_CYCLES = 10
 C_XLATE = 11  # + leaf level (1..3): completed accesses translated by a leaf of that level
+C_ISOLATION = 15  # completed accesses whose output page the context does not own
 C_TLB = 16  # + 2 * tlb level: hits; + 2 * tlb level + 1: misses
 MAX_TLB_LEVELS = 8
 N_COUNTERS = C_TLB + 2 * MAX_TLB_LEVELS
@@ -72,7 +73,7 @@ B_FAULT = 1
 @jit
 def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shift, root_row,
               start_level, ia_bits, key, stamp, tpa, tperm, off, sets, ways, lat, sizes, serves,
-              wc_tag, wc_row, wc_stamp, clock, costs, ctr, fault):
+              wc_tag, wc_row, wc_stamp, clock, costs, ctr, fault, owner, owner_base, me):
     """Run accesses ``start .. stop`` until ``budget`` cycles are used or one faults.
 
     addrs (uint64), kinds (uint8: READ/WRITE/FETCH): the access stream.
@@ -83,6 +84,9 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
     wc_tag, wc_row, wc_stamp: the walk cache. clock: int64[1] LRU clock, advanced per access.
     costs: int64[N_COSTS] (K_*). ctr: int64[N_COUNTERS] counters, accumulated.
     fault: int64[N_FAULT] filled when an access faults.
+    owner, owner_base, me: the ownership record (an owner id per physical page from
+    owner_base; empty: no check) and the id of the context running; a completed access whose
+    output page belongs to someone else counts in C_ISOLATION (it must stay 0).
     Returns (index of the next access to run, cycles used, B_DONE or B_FAULT).
 
     The TLB probe, fill and table walk are written out here rather than called: numba
@@ -102,6 +106,8 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
     n_refs = 0
     n_wc = 0
     use_wc = wc_tag.shape[1] > 0
+    n_owned = owner.shape[0]
+    n_violations = 0
     ptmask = U((1 << (page_shift - 3)) - 1)
     oa_mask = U(0x0000FFFFFFFFFFFF) & ~((U(1) << U(page_shift)) - U(1))
     pgd_shift = U((page_shift - 3) * (5 - start_level) + 3)
@@ -322,6 +328,13 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
             cycles += cyc
             status = B_FAULT
             break
+        if n_owned > 0:
+            eshift = np.int64((key[e] >> U(40)) & U(63)) if e >= 0 else shift
+            epa = tpa[e] if e >= 0 else pa
+            out_pa = epa | (a & ((U(1) << U(eshift)) - U(1)))
+            pg = np.int64((out_pa - U(owner_base)) >> U(page_shift))
+            if pg >= 0 and pg < n_owned and owner[pg] != me:
+                n_violations += 1
         n_access += 1
         n_kind[kind] += 1
         n_xlate[perm >> PERM_LEVEL_SHIFT] += 1
@@ -342,6 +355,7 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
     ctr[C_WALKS] += n_walks
     ctr[C_WALK_REFS] += n_refs
     ctr[C_WC_HITS] += n_wc
+    ctr[C_ISOLATION] += n_violations
     ctr[C_CYCLES] += cycles
     return i, cycles, status
 
@@ -350,15 +364,20 @@ class VcpuMMU:
     """One vCPU's private translation state (TLB hierarchy, walk cache, LRU clock, counters)
     and the public wrapper of :func:`run_batch`."""
 
-    def __init__(self, tlb, walk_cache, *, vmid: int = 1, costs=None):
-        from simulator.mmu.tlb import TLBHierarchy  # noqa: F401  (type only)
+    NO_OWNER = np.zeros(0, dtype=np.uint8)
 
+    def __init__(self, tlb, walk_cache, *, vmid: int = 1, costs=None, clock=None):
         if len(tlb.specs) > MAX_TLB_LEVELS:
             raise ValueError(f"at most {MAX_TLB_LEVELS} TLB levels")
+        # tlb, walk_cache and clock belong to the physical CPU: contexts sharing a CPU share
+        # them (entries are VMID-tagged); counters and fault records are the context's own
         self.tlb = tlb
         self.wc = walk_cache
         self.vmid = vmid
-        self.clock = np.zeros(1, dtype=np.int64)
+        self.clock = np.zeros(1, dtype=np.int64) if clock is None else clock
+        self.owner = self.NO_OWNER
+        self.owner_base = 0
+        self.owner_id = 0
         self.ctr = np.zeros(N_COUNTERS, dtype=np.int64)
         self.fault = np.zeros(N_FAULT, dtype=np.int64)
         self.costs = np.zeros(N_COSTS, dtype=np.int64)
@@ -375,7 +394,7 @@ class VcpuMMU:
                          g.page_shift, stage2.root, g.start_level, g.ipa_bits, t.key, t.stamp,
                          t.pa, t.perm, t.off, t.sets, t.ways, t.latency, t.sizes, t.serves,
                          self.wc.tag, self.wc.row, self.wc.stamp, self.clock, self.costs,
-                         self.ctr, self.fault)
+                         self.ctr, self.fault, self.owner, self.owner_base, self.owner_id)
 
     def counters(self) -> dict[str, int]:
         """The counters as a flat dotted dict (TLB levels by name)."""
@@ -393,6 +412,8 @@ class VcpuMMU:
             "access_flag_faults": int(c[C_ACCESS_FLAG_FAULTS]),
             "cycles.translation": int(c[C_CYCLES]),
         }
+        if self.owner.shape[0]:
+            out["isolation.violations"] = int(c[C_ISOLATION])
         for lvl in (1, 2, 3):
             out[f"xlate.l{lvl}"] = int(c[C_XLATE + lvl])
         for i, name in enumerate(self.tlb.names):
