@@ -287,6 +287,9 @@ def decode(pte: int, level: int, page_shift: int) -> Descriptor:
     oa = int(pte_to_phys(U(pte), page_shift))
     if level < 3 and pte & int(TYPE):
         return Descriptor(raw=pte, level=level, kind="table", oa=oa)
+    # a block's output address is bits 47:block size; lower bits (nT) are not part of it
+    size_shift = (page_shift - 3) * (4 - level) + 3
+    oa &= ~((1 << size_shift) - 1) | (0xF << 48)
     if level == 3 and not pte & int(TYPE):
         # A level-3 descriptor with type 0 is reserved: the MMU treats it as invalid.
         return Descriptor(raw=pte, level=level, kind="invalid")

@@ -257,7 +257,8 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
                     cycles += cyc
                     status = B_FAULT
                     break
-                pa = pte & oa_mask
+                # a block's output address: bits below the block size (nT) are not OA
+                pa = pte & oa_mask & ~((U(1) << U(shift)) - U(1))
                 if page_shift == 16:
                     pa |= (pte & U(0xF000)) << U(36)
                 perm = level << PERM_LEVEL_SHIFT

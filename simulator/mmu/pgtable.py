@@ -450,7 +450,11 @@ def pgtable_walk(op, tables, refcnt, free, meta, base_pa, page_shift, root_row, 
     phys = U(phys)
     attr = U(attr)
     limit = U(1) << U(ia_bits)
+    deferred = op == OP_UNMAP and (flags & F_TLBIRANGE) != 0 and (flags & F_FWB) != 0
     if addr > limit or end > limit:
+        if deferred:  # kvm_pgtable_stage2_unmap() flushes whatever the walk returned
+            _flush_vmid_range(tlog, rep, flags, np.int64(start), np.int64(end - start),
+                              page_shift)
         rep[R_RET] = -ERANGE
         return -ERANGE
     pgd_shift = _gshift(start_level - 1, page_shift)
@@ -529,7 +533,7 @@ def pgtable_walk(op, tables, refcnt, free, meta, base_pa, page_shift, root_row, 
         level += 1
         idx = np.int64((addr >> U(_gshift(level, page_shift))) & mask)
 
-    if ret == 0 and op == OP_UNMAP and (flags & F_TLBIRANGE) != 0 and (flags & F_FWB) != 0:
+    if deferred:
         # stage2_unmap_defer_tlb_flush(): one range flush for the whole walk
         _flush_vmid_range(tlog, rep, flags, np.int64(start), np.int64(end - start), page_shift)
     rep[R_RET] = ret
@@ -603,7 +607,20 @@ def _visit_leaf(op, row, idx, level, ctx_addr, start, end, old, phys, attr, owne
             nr = 1
         if avail < nr:
             return -ENOMEM
-        child = _create_unlinked(pte_to_phys(old, page_shift), level, old & LEAF_ATTR, force_pte,
+        # the block's output address: bits below the block size (nT among them) are not OA
+        bpa = pte_to_phys(old, page_shift) & ~((U(1) << U(_gshift(level, page_shift))) - U(1))
+        # kvm_pgtable_stage2_pte_prot() then stage2_set_prot_attr(): the children keep R, W,
+        # X and the software bits; the memory type is re-derived (a device block's is lost)
+        prot = 0
+        if (old & D.S2AP_R) != U(0):
+            prot |= D.PROT_R
+        if (old & D.S2AP_W) != U(0):
+            prot |= D.PROT_W
+        if (old & XN) == U(0):
+            prot |= D.PROT_X
+        ok, cattr = D.prot_to_attr(prot)
+        cattr |= old & SW_MASK
+        child = _create_unlinked(bpa, level, cattr, force_pte,
                                  tables, refcnt, free, meta, base_pa, page_shift, rule, stat, rep)
         if child < 0:
             return -ENOMEM
@@ -660,7 +677,9 @@ def _visit_post(op, row, idx, level, ctx_addr, old, tables, refcnt, free, meta, 
     """The TABLE_POST callback (after the walk has finished the child table)."""
     child = _row_of(old, base_pa, page_shift)
     if op == OP_UNMAP:
-        # stage2_unmap_walker(), table half: only an emptied table goes
+        # stage2_unmap_walker(), table half: a table whose refcount is 1 goes. Under the host
+        # coalescing rule it may still hold default (uncounted) leaves: they go with it, as
+        # in the kernel (the host refaults them lazily); free_subtree() accounts for them.
         if refcnt[child] != 1:
             return 0
         _store(tables, row, idx, U(0), level, stat, rep)
@@ -668,7 +687,8 @@ def _visit_post(op, row, idx, level, ctx_addr, old, tables, refcnt, free, meta, 
               np.int64(1) << page_shift, TTL_UNKNOWN)
         if is_counted(old, level, rule):
             pt_put(row, refcnt, free, meta, rep)
-        pt_put(child, refcnt, free, meta, rep)
+        free_subtree(child, level + 1, tables, refcnt, free, meta, base_pa, page_shift, rule,
+                     stat, rep)
         return 0
     if op == OP_DESTROY:
         if is_counted(old, level, rule):
@@ -787,6 +807,15 @@ class PageTableMemory:
     def free_rows(self) -> np.ndarray:
         return self.free[: int(self.meta[M_NFREE])].copy()
 
+    def before_op(self, pages: int) -> None:
+        """Make ``pages`` allocations possible during the next kernel call (the memcache
+        top-up)."""
+        if pages > int(self.meta[M_NFREE]) + self.capacity - int(self.meta[M_HWM]):
+            self.reserve(pages)
+
+    def after_op(self) -> None:
+        """Settle after a kernel call (a pool-backed memory returns unused pages here)."""
+
     def nbytes(self) -> int:
         return self.tables.nbytes + self.refcnt.nbytes + self.free.nbytes
 
@@ -892,17 +921,17 @@ class Stage2:
             raise RuntimeError("stage-2 already destroyed")
         g = self.geom
         m = self._mask
-        start = addr & ~m
-        end = (addr + size + m) & ~m  # kvm_pgtable_walk's rounding
+        start = addr & ~m  # kvm_pgtable_walk(): [ALIGN_DOWN(addr), PAGE_ALIGN(that + size))
+        end = (start + size + m) & ~m
         mem = self.mem
-        if reserve and reserve > int(mem.meta[M_NFREE]) + mem.capacity - int(mem.meta[M_HWM]):
-            mem.reserve(reserve)
+        mem.before_op(reserve)
         rep = self._rep
         rep[:] = 0
         pgtable_walk(op, mem.tables, mem.refcnt, mem.free, mem.meta, mem.base_pa, g.page_shift,
                      self.root, g.start_level, g.ipa_bits, U(start), U(end), U(phys & D.MASK64),
                      U(attr & D.MASK64), owner, flags | self.base_flags, self.rule, self.stat,
                      rep, self._tlog)
+        mem.after_op()
         return OpReport.from_arrays(rep, self._tlog)
 
     def _tables_needed(self, addr: int, size: int) -> int:
@@ -927,6 +956,7 @@ class Stage2:
             attr = D.prot_attr(prot)
         attr |= sw << D.SW_SHIFT
         flags = (F_FORCE_PTE if force_pte else 0) | (F_HANDLE_FAULT if handle_fault else 0)
+        phys &= ~self._mask  # kvm_pgtable_stage2_map(): .phys = ALIGN_DOWN(phys, PAGE_SIZE)
         return self._walk(OP_MAP, ipa, size, phys=phys, attr=attr, flags=flags,
                           reserve=self._tables_needed(ipa, size))
 
@@ -977,6 +1007,7 @@ class Stage2:
             if self.mem.refcnt[row] != 1:
                 rep[R_WARN] += 1
             pt_put(row, self.mem.refcnt, self.mem.free, self.mem.meta, rep)
+        self.mem.after_op()
         self.destroyed = True
         return OpReport.from_arrays(rep, report.tlog if report.tlog is not None else
                                     np.zeros((0, 5), np.int64))
