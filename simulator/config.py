@@ -14,11 +14,20 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from simulator.arch.geometry import GRANULES, Geometry, GeometryError
 from workloads.spec import WorkloadSpec
@@ -176,6 +185,125 @@ class CostsConfig(_Model):
                                           "to PoU throughput, bytes per cycle.")
     perm_fault_handler: int = Field(default=1000, ge=0, description="Permission-fault handling "
                                     "(relax permissions) beyond entry/exit, cycles.")
+    host_abort_handler: int = Field(default=800, ge=0, description="pKVM host abort: "
+                                    "handle_host_mem_abort() work outside the walk, cycles.")
+    hypercall: int = Field(default=1200, ge=0, description="pKVM: one host hypercall (donate "
+                           "or reclaim one page) round trip, cycles.")
+
+
+# ---------------------------------------------------------------------------------------
+# pKVM: the hypervisor, the host and its guests
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|ms|us|ns|cycles)?\s*$")
+
+
+def parse_duration(value: Any) -> int | str:
+    """A time: an int (cycles) or a string with a unit (``5ms``, ``200us``, ``3e6`` is
+    refused: write ``3000000``). Kept as written; :func:`to_cycles` converts it."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"expected a time like 5ms, 200us or a number of cycles, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a time cannot be negative")
+        return value
+    if _DURATION.match(value) is None:
+        raise ValueError(f"expected a time like 5ms, 200us or a number of cycles, got {value!r}")
+    return value.strip()
+
+
+def to_cycles(value: int | str, clock_ghz: float) -> int:
+    if isinstance(value, int):
+        return value
+    m = _DURATION.match(value)
+    number, unit = float(m.group(1)), m.group(2) or "cycles"
+    if unit == "cycles":
+        return int(number)
+    scale = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}[unit]
+    return int(round(number * scale * clock_ghz * 1e9))
+
+
+Duration = Annotated[int | str, BeforeValidator(parse_duration)]
+
+
+class HypConfig(_Model):
+    mode: Literal["kvm", "pkvm"] = Field(default="kvm", description="kvm: one guest under "
+                                         "the host kernel; pkvm: protected mode with a host "
+                                         "stage-2, ownership, and guests donated and reclaimed.")
+    vmemmap_layout: Literal["legacy32", "packed4", "packed2"] = Field(
+        default="packed4", description="struct hyp_page layout (seed 002): legacy32 (32 B), "
+        "packed4 (4 B, u16 refcount + u16 order), packed2 (2 B: 13-bit refcount, 3-bit order).")
+    on_bug: Literal["stop", "count"] = Field(default="stop", description="A hyp_page field "
+                                             "overflow (the kernel's BUG): stop the run with an "
+                                             "error naming the page, or count it.")
+    host_s2_pools: Literal["unified", "separate"] = Field(
+        default="unified", description="Host stage-2 table pages: one pool (seed 002) or "
+        "separate memory and MMIO pools (MMIO: about 1 GiB of IPA space worth of tables).")
+    pool_pages: int | None = Field(default=None, ge=1, description="Pages of the hyp pool that "
+                                   "guest stage-2 tables come from (default: the kernel's "
+                                   "page-granular budget for all host memory).")
+    coalesce: bool = Field(default=False, description="Seed 000: count host stage-2 entries by "
+                           "the coalescing rule and zap tables left with default entries when "
+                           "ownership returns to the host.")
+    teardown_tlbi: bool = Field(default=True, description="Debug knob: false skips the TLB "
+                                "invalidation of a torn-down guest's VMID (breaks isolation).")
+
+
+class HostRegionConfig(_Model):
+    base: Size = Field(description="Physical base address.")
+    size: Size = Field(description="Size.")
+    type: Literal["memory", "mmio"] = Field(default="memory", description="memory (mapped RWX) "
+                                            "or mmio (mapped RW, device, XN).")
+
+
+def _default_regions() -> list[HostRegionConfig]:
+    return [HostRegionConfig(base=0, size=1 << 30, type="mmio"),
+            HostRegionConfig(base=1 << 30, size=4 << 30, type="memory")]
+
+
+class HostConfig(_Model):
+    regions: list[HostRegionConfig] = Field(default_factory=_default_regions, description=
+                                            "Physical memory and MMIO regions of the host.")
+    cpus: int = Field(default=2, ge=1, le=256, description="Physical CPUs; host CPU i runs on "
+                      "CPU i, guest vCPUs are spread over the CPUs and share their TLBs.")
+    workload: WorkloadSpec | None = Field(default=None, description="What each host CPU runs "
+                                          "(addresses are offsets into host memory, regions in "
+                                          "order; mmio regions follow memory).")
+    respect_ownership: bool = Field(default=True, description="The host kernel touches only "
+                                    "pages it owns (accesses to donated pages are skipped and "
+                                    "counted); false lets them abort (host.illegal_accesses).")
+    mmio_windows: "MmioWindowsConfig | None" = Field(
+        default=None, description="Many small MMIO regions: count windows of size bytes every "
+        "stride bytes from base (device BARs), in addition to regions.")
+    sample_cycles: int = Field(default=1_000_000, ge=1000, description="Period of the "
+                               "host.mappings time series, cycles.")
+
+
+class MmioWindowsConfig(_Model):
+    base: Size = Field(description="Physical address of the first window.")
+    count: int = Field(ge=1, le=1 << 20, description="Number of windows.")
+    size: Size = Field(description="Bytes per window.")
+    stride: Size = Field(description="Bytes from one window to the next.")
+
+
+HostConfig.model_rebuild()
+
+
+class BalloonConfig(_Model):
+    at: Duration = Field(description="When the guest relinquishes the pages (from its start).")
+    size: Size = Field(description="How much memory it gives back (from the top of its memory).")
+
+
+class GuestSpecConfig(GuestConfig):
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$", description="Guest name (counters "
+                      "guest.<name>.*).")
+    workload: WorkloadSpec = Field(description="What each of its vCPUs runs.")
+    start: Duration = Field(default=0, description="When the guest is created.")
+    run: Duration | None = Field(default=None, description="How long it runs before it is torn "
+                                 "down (null: until its workload ends).")
+    chunk: Size = Field(default=2 << 20, description="Host memory is donated in physically "
+                        "contiguous runs of this size.")
+    balloon: list[BalloonConfig] = Field(default_factory=list, description="Memory the guest "
+                                         "relinquishes at run time.")
 
 
 # ---------------------------------------------------------------------------------------
@@ -205,7 +333,11 @@ class ExperimentConfig(_Model):
     tlb: TLBConfig = Field(default_factory=TLBConfig)
     costs: CostsConfig = Field(default_factory=CostsConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
-    workload: WorkloadSpec = Field(description="The access stream of every vCPU.")
+    hyp: HypConfig = Field(default_factory=HypConfig)
+    host: HostConfig = Field(default_factory=HostConfig)
+    guests: list[GuestSpecConfig] = Field(default_factory=list, description="pKVM guests.")
+    workload: WorkloadSpec | None = Field(default=None, description="The access stream of "
+                                          "every vCPU of the (kvm mode) guest.")
     variants: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Variant name -> {dotted.key: value} overrides.")
     sweep: dict[str, list[Any]] = Field(
@@ -226,6 +358,10 @@ class ExperimentConfig(_Model):
             geom = self.geometry
         except GeometryError as e:
             raise ValueError(f"machine: {e}") from None
+        if self.hyp.mode == "kvm" and self.workload is None:
+            raise ValueError("workload: required (the guest's access stream)")
+        if self.hyp.mode == "pkvm":
+            self._check_pkvm(geom)
         ipa_limit = 1 << self.machine.ipa_bits
         for i, slot in enumerate(self.guest.slots()):
             if slot.size <= 0 or slot.size % geom.page_size:
@@ -265,6 +401,34 @@ class ExperimentConfig(_Model):
                     raise ValueError(f"tlb.levels.{lv.name}.page_sizes: {format_size(ps)} is not "
                                      f"a leaf size of the {self.machine.granule} granule")
         return self
+
+    def _check_pkvm(self, geom: Geometry) -> None:
+        from simulator.hyp.page_alloc import layout_supports
+
+        reason = layout_supports(self.hyp.vmemmap_layout, geom.page_shift)
+        if reason:
+            raise ValueError(f"hyp.vmemmap_layout: {reason}")
+        regions = sorted(self.host.regions, key=lambda r: r.base)
+        for i, r in enumerate(self.host.regions):
+            if r.size <= 0 or r.size % geom.page_size or r.base % geom.page_size:
+                raise ValueError(f"host.regions[{i}]: base and size must be positive multiples "
+                                 f"of the {self.machine.granule} page")
+            if r.base + r.size > 1 << self.machine.pa_bits:
+                raise ValueError(f"host.regions[{i}]: beyond machine.pa_bits")
+        for a, b in zip(regions, regions[1:]):
+            if a.base + a.size > b.base:
+                raise ValueError("host.regions: regions overlap")
+        if not any(r.type == "memory" for r in regions):
+            raise ValueError("host.regions: no memory region")
+        names = [g.name for g in self.guests]
+        if len(set(names)) != len(names):
+            raise ValueError(f"guests: names must be unique, got {names}")
+        for i, g in enumerate(self.guests):
+            if g.memory % g.chunk or g.chunk % geom.page_size or g.chunk & (g.chunk - 1):
+                raise ValueError(f"guests[{i}].chunk: a power of two of at least a page that "
+                                 "divides the guest memory")
+            if g.memory > 1 << self.machine.ipa_bits:
+                raise ValueError(f"guests[{i}].memory: does not fit machine.ipa_bits")
 
     @property
     def geometry(self) -> Geometry:

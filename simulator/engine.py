@@ -1,18 +1,26 @@
-"""The discrete-event engine: SimPy vCPU processes over shared stage-2 page tables.
+"""The discrete-event engine: SimPy processes over shared stage-2 page tables.
 
-Time is integer CPU cycles. Each vCPU is a SimPy process with private TLBs and walk cache;
-it runs its access stream in quanta of ``engine.quantum_cycles`` through the batch kernel
-(:func:`simulator.mmu.batch.run_batch`) and advances simulated time by the cycles used. A
-stage-2 fault ends the quantum at the faulting access; the vCPU then runs the KVM fault
-handler as simulated time: exception entry, the handler's work outside the lock, the MMU
-lock (a SimPy lock: waiting vCPUs queue, the wait is counted), the page-table operation
+Time is integer CPU cycles. Every context that issues accesses (a guest vCPU, a pKVM host
+CPU) is a SimPy process running its access stream in quanta of ``engine.quantum_cycles``
+through the batch kernel (:func:`simulator.mmu.batch.run_batch`), advancing simulated time
+by the cycles used. TLBs, walk caches and the LRU clock belong to *physical CPUs*: in kvm
+mode every vCPU has a CPU of its own; in pkvm mode host CPU *i* is CPU *i* and guest vCPUs
+are spread over the CPUs, sharing their TLBs (entries are VMID-tagged).
+
+A stage-2 fault ends the quantum at the faulting access; the context then runs its fault
+handler as simulated time: exception entry, the handler's work outside the lock, the lock
+(a SimPy lock: waiting contexts queue, the wait is counted), the page-table operation
 (charged by what it did: descriptors visited and stored, table pages allocated and freed,
 TLBIs, cache maintenance), release, exit; then the faulting access is replayed from its
 TLB lookup.
 
-A page-table operation changes the shared tables at the instant it runs; other vCPUs see
-the change at their next quantum. The TLBIs it issued remove entries from every vCPU of
-that VMID at that instant. The error this brings is bounded by the quantum.
+A page-table operation changes the shared tables at the instant it runs; other contexts
+see the change at their next quantum. The TLBIs it issued remove entries of its VMID from
+every CPU at that instant. The error this brings is bounded by the quantum.
+
+pkvm mode adds the hypervisor's agents: guests created (their memory donated by the host)
+and torn down (their stage-2 destroyed, their pages reclaimed by the host, with seed 000's
+coalescing), balloon relinquish, and the host abort handler.
 """
 
 from __future__ import annotations
@@ -25,14 +33,18 @@ import numpy as np
 import simpy
 
 from simulator.arch import descriptors as D
-from simulator.config import ExperimentConfig, seconds
+from simulator.arch.geometry import Geometry
+from simulator.config import ExperimentConfig, seconds, to_cycles
 from simulator.mmu import PageTableMemory, Stage2, TLBHierarchy, TLBLevelSpec, WalkCache
 from simulator.mmu import pgtable as P
 from simulator.mmu.batch import B_FAULT, F_IPA, F_KIND, F_STATUS, FETCH, WRITE, VcpuMMU
 from simulator.mmu.walk import W_PERMISSION
 
-# Table pages live in their own physical region, far above guest memory.
+# Table pages of kvm mode live in their own physical region, far above guest memory.
 PT_BASE_SHIFT = 46
+OWNER_HOST = 0
+OWNER_HYP = 1
+FIRST_GUEST_OWNER = 2
 
 
 class SimulationError(RuntimeError):
@@ -51,7 +63,7 @@ class SimulationError(RuntimeError):
 
 class Lock:
     """A FIFO reader/writer lock on SimPy time. ``exclusive`` makes every holder a writer
-    (the 5.11 spinlock); otherwise fault handlers share it and writers exclude everyone."""
+    (a spinlock); otherwise readers share it and writers exclude everyone."""
 
     def __init__(self, env: simpy.Environment, exclusive: bool):
         self.env = env
@@ -95,6 +107,15 @@ class Lock:
             self.writer = True
         else:
             self.readers += 1
+
+
+def acquire(lock: Lock, ctr: "Counters", env: simpy.Environment, write: bool = False):
+    """Take ``lock``, counting the wait in ``lock_wait_cycles`` (a generator to yield from)."""
+    t = env.now
+    grant = lock.acquire(write)
+    if not grant.triggered:
+        yield grant
+        ctr.add("lock_wait_cycles", env.now - t)
 
 
 @dataclass
@@ -180,53 +201,99 @@ class Placement:
         return bases[inv] | (addrs & np.uint64(self.unit - 1))
 
 
-class Vcpu:
-    """One simulated vCPU: its MMU state, its access stream and its own counters."""
+class Cpu:
+    """A physical CPU's translation state: TLB hierarchy, walk cache, LRU clock."""
 
-    def __init__(self, index: int, vm: "GuestVM", stream):
+    def __init__(self, index: int, tlb: TLBHierarchy, wc: WalkCache):
+        self.index = index
+        self.tlb = tlb
+        self.wc = wc
+        self.clock = np.zeros(1, dtype=np.int64)
+
+
+class Context:
+    """Something that issues accesses (a guest vCPU or a host CPU): its stream, the CPU it
+    runs on, its own counters."""
+
+    def __init__(self, index: int, vm: "VM", stream, cpu: Cpu, label: str):
         self.index = index
         self.vm = vm
         self.stream = stream
-        cfg = vm.cfg
-        self.mmu = VcpuMMU(vm.make_tlb(), WalkCache(cfg.tlb.walk_cache.entries_per_level),
-                           vmid=vm.vmid,
-                           costs={"access": cfg.costs.access, "mem_ref": cfg.costs.walk_mem_ref,
-                                  "wc_hit": cfg.costs.walk_cache_hit})
+        self.cpu = cpu
+        self.label = label
+        c = vm.machine.cfg.costs
+        self.mmu = VcpuMMU(cpu.tlb, cpu.wc, vmid=vm.vmid, clock=cpu.clock,
+                           costs={"access": c.access, "mem_ref": c.walk_mem_ref,
+                                  "wc_hit": c.walk_cache_hit})
         self.ctr = Counters()
         self.done_at = 0
         self.debt = 0  # cycles owed to simulated time, charged with the next timeout
         self.last_fault = (-1, -1)
         self.repeats = 0
+        self.stopped = False
+        self.skip = False  # the faulting access never succeeds: drop it
+
+    def counters(self) -> dict[str, int]:
+        c = self.mmu.counters()
+        c["cycles"] = int(self.done_at)
+        for k, val in self.ctr.c.items():
+            c[k] = c.get(k, 0) + val
+        return dict(sorted(c.items()))
 
 
-class GuestVM:
-    """A guest: its stage-2 (VMID), memslots, vCPUs and the KVM fault handler."""
+class VM:
+    """Something with a stage-2: a guest, or (pkvm) the host."""
 
-    def __init__(self, machine: "Machine", cfg: ExperimentConfig, vmid: int, name: str):
+    machine: "Machine"
+    vmid: int
+    s2: Stage2
+    owner_id: int
+    prefix: str  # counter prefix in pkvm mode ("host.", "guest.<name>.")
+
+    def placement(self, addrs: np.ndarray, kinds: np.ndarray, ctx: Context):
+        return addrs, kinds
+
+    def handle_fault(self, ctx: Context, status: int, ipa: int, kind: int):
+        raise NotImplementedError
+
+
+class GuestVM(VM):
+    """A guest: its stage-2 (VMID), memslots, vCPUs and the KVM fault handler
+    (user_mem_abort())."""
+
+    def __init__(self, machine: "Machine", gcfg, vmid: int, name: str, ptmem, *,
+                 owner_id: int = FIRST_GUEST_OWNER, chunk: int | None = None,
+                 prefix: str = "", lock: Lock | None = None):
+        cfg = machine.cfg
         self.machine = machine
-        self.cfg = cfg
+        self.gcfg = gcfg
         self.vmid = vmid
         self.name = name
+        self.owner_id = owner_id
+        self.prefix = prefix
         self.geom = cfg.geometry
-        self.s2 = Stage2(machine.ptmem, self.geom, vmid, fwb=cfg.machine.fwb,
+        self.s2 = Stage2(ptmem, self.geom, vmid, fwb=cfg.machine.fwb,
                          tlbi_range=cfg.machine.tlbi_range)
-        self.slots = sorted(((s.base, s.size) for s in cfg.guest.slots()))
-        self.pa_base = cfg.guest.pa_base
-        self.mapping = cfg.mapping_size()
-        self.backing = cfg.backing_size()
-        self.vcpus: list[Vcpu] = []
+        self.slots = sorted(((s.base, s.size) for s in gcfg.slots()))
+        self.pa_base = gcfg.pa_base
+        self.mapping = None if gcfg.mapping == "largest" else _size(gcfg.mapping)
+        self.backing = _backing(gcfg.backing, self.geom)
+        self.lock = lock or Lock(machine.env, cfg.engine.mmu_lock == "exclusive")
+        self.contexts: list[Context] = []
         self.ctr = Counters()
-        self.placement = Placement(cfg.guest.placement, cfg.guest.placement_unit, self.slots)
+        self._placement = Placement(gcfg.placement, gcfg.placement_unit, self.slots)
+        # pkvm: guest memory is host memory donated in chunks; chunk k backs IPA k * chunk
+        self.chunk = chunk
+        self.chunks: list[int | None] = []
+        self.alive = True
 
-    def make_tlb(self) -> TLBHierarchy:
-        g = self.geom
-        specs = []
-        for lv in self.cfg.tlb.levels:
-            sizes = lv.page_sizes or list(g.leaf_sizes().values())
-            leaf_levels = tuple(sorted(g.level_for_size(s) for s in sizes))
-            specs.append(TLBLevelSpec(lv.name, lv.sets, lv.ways, lv.latency, leaf_levels,
-                                      lv.serves))
-        return TLBHierarchy(specs, g.page_shift)
+    def placement(self, addrs: np.ndarray, kinds: np.ndarray, ctx: Context):
+        return self._placement(addrs), kinds
+
+    def pa_of(self, ipa: int) -> int:
+        if self.chunk is None:
+            return self.pa_base + ipa
+        return self.chunks[ipa // self.chunk] + ipa % self.chunk
 
     def slot_of(self, ipa: int) -> tuple[int, int] | None:
         for base, size in self.slots:
@@ -237,9 +304,12 @@ class GuestVM:
     def block_for(self, ipa: int, slot: tuple[int, int]) -> int:
         """The mapping size the fault handler installs at ``ipa``: the configured size (or the
         largest the backing allows), stepped down until the block lies inside the memslot
-        (fault_supports_stage2_huge_mapping)."""
+        (fault_supports_stage2_huge_mapping) and, in pkvm, inside a physically contiguous
+        donated chunk."""
         g = self.geom
         want = self.mapping if self.mapping is not None else self.backing
+        if self.chunk is not None:
+            want = min(want, self.chunk)
         base, size = slot
         for lvl in g.block_levels():
             bs = g.size(lvl)
@@ -252,119 +322,150 @@ class GuestVM:
 
     def prot_for(self, kind: int) -> int:
         prot = D.PROT_R | D.PROT_W
-        if kind == FETCH or self.cfg.machine.dic:
+        if kind == FETCH or self.machine.cfg.machine.dic:
             prot |= D.PROT_X
         return prot
 
-    def premap(self) -> P.OpReport | None:
+    def premap(self) -> None:
         """Map all guest memory before time 0, with the blocks the fault handler would use."""
         g = self.geom
-        last = None
         for base, size in self.slots:
             want = self.mapping if self.mapping is not None else self.backing
             step = max(want, g.page_size)
-            prot = self.prot_for(FETCH if self.cfg.machine.dic else 0)
+            prot = self.prot_for(FETCH if self.machine.cfg.machine.dic else 0)
             if step == g.page_size:
-                last = self.s2.map(base, size, self.pa_base + base, prot, force_pte=True)
+                rep = self.s2.map(base, size, self.pa_of(base), prot, force_pte=True)
             elif step >= g.size(g.block_levels()[0]):
-                last = self.s2.map(base, size, self.pa_base + base, prot)
+                rep = self.s2.map(base, size, self.pa_of(base), prot)
             else:
                 # blocks no larger than the mapping size: map in steps of it
                 for off in range(0, size, step):
-                    last = self.s2.map(base + off, min(step, size - off),
-                                       self.pa_base + base + off, prot)
-            if last.ret != 0:
-                raise SimulationError("guest.premap", f"mapping failed ({last.ret})")
-        return last
+                    rep = self.s2.map(base + off, min(step, size - off), self.pa_of(base + off),
+                                      prot)
+            if rep.ret != 0:
+                raise SimulationError("guest.premap", f"mapping failed ({rep.ret})")
 
-    # -- the fault path -------------------------------------------------------------------
-    def handle_fault(self, vcpu: Vcpu, status: int, ipa: int, kind: int):
-        """A SimPy process body: user_mem_abort() for one stage-2 fault of ``vcpu``."""
-        env = self.machine.env
-        costs = self.cfg.costs
+    def handle_fault(self, ctx: Context, status: int, ipa: int, kind: int):
+        """A SimPy process body: user_mem_abort() for one stage-2 fault of ``ctx``."""
+        m = self.machine
+        env = m.env
+        costs = m.cfg.costs
         t0 = env.now
         slot = self.slot_of(ipa)
         if slot is None:
             raise SimulationError(
-                "workload", f"vCPU {vcpu.index} accessed IPA {ipa:#x}, outside guest memory "
+                "workload", f"vCPU {ctx.index} accessed IPA {ipa:#x}, outside guest memory "
                 f"({', '.join(f'[{b:#x}, {b + s:#x})' for b, s in self.slots)}); "
                 "set guest.placement: first_touch to place trace addresses in guest memory")
         yield env.timeout(costs.fault_entry_exit // 2 + costs.fault_handler)
-        t_lock = env.now
-        grant = self.machine.lock.acquire()
-        if not grant.triggered:
-            yield grant
-            vcpu.ctr.add("lock_wait_cycles", env.now - t_lock)
+        if self.chunk is not None and self.chunks[ipa // self.chunk] is None:
+            # a ballooned chunk touched again: the host donates a new one
+            yield from m.donate_chunk(self, ipa // self.chunk, ctx.ctr)
+        yield from acquire(self.lock, ctx.ctr, env)
         if status == W_PERMISSION:
-            bits = int(D.XN) if kind == FETCH else 0
+            clear_bits = int(D.XN) if kind == FETCH else 0
             set_bits = int(D.S2AP_W) if kind == WRITE else int(D.S2AP_R)
-            rep = self.s2.update_attrs(ipa, 1, set_bits=set_bits, clear_bits=bits,
+            rep = self.s2.update_attrs(ipa, 1, set_bits=set_bits, clear_bits=clear_bits,
                                        handle_fault=True)
             # kvm_pgtable_stage2_relax_perms(): a local TLBI of that IPA
-            vcpu.mmu.tlb.invalidate(self.vmid, ipa & ~(self.geom.page_size - 1),
-                                    (ipa & ~(self.geom.page_size - 1)) + self.geom.page_size)
-            op_cycles = self.machine.op_costs.cycles(rep) + costs.perm_fault_handler \
-                + costs.tlbi_ipa
-            vcpu.ctr.add("tlbi.ops")
+            lo = ipa & ~(self.geom.page_size - 1)
+            ctx.cpu.tlb.invalidate(self.vmid, lo, lo + self.geom.page_size)
+            op_cycles = m.op_costs.cycles(rep) + costs.perm_fault_handler + costs.tlbi_ipa
+            ctx.ctr.add("tlbi.ops")
         else:
             bs = self.block_for(ipa, slot)
             start = ipa & ~(bs - 1)
-            rep = self.s2.map(start, bs, self.pa_base + start, self.prot_for(kind),
+            rep = self.s2.map(start, bs, self.pa_of(start), self.prot_for(kind),
                               handle_fault=True)
             if rep.ret == -P.ENOMEM:
                 raise SimulationError("guest", f"out of page-table memory at IPA {ipa:#x}")
             if rep.ret == -P.EAGAIN:
-                vcpu.ctr.add("faults.spurious")
-            op_cycles = self.machine.op_costs.cycles(rep)
-            self.machine.apply_tlbis(self, rep)
-        self.machine.account_op(vcpu.ctr, rep)
+                ctx.ctr.add("faults.spurious")
+            op_cycles = m.op_costs.cycles(rep)
+            m.apply_tlbis(self.vmid, self.geom.page_shift, rep)
+        m.account_op(ctx.ctr, rep)
         yield env.timeout(costs.lock + op_cycles)
-        self.machine.lock.release()
+        self.lock.release()
         # The return to the guest takes the rest of the entry/exit cost; it is charged with
-        # the vCPU's next quantum (the vCPU does nothing observable meanwhile).
+        # the context's next quantum (it does nothing observable meanwhile).
         exit_cycles = costs.fault_entry_exit - costs.fault_entry_exit // 2
-        vcpu.debt += exit_cycles
-        vcpu.ctr.add("fault_cycles", env.now - t0 + exit_cycles)
+        ctx.debt += exit_cycles
+        ctx.ctr.add("fault_cycles", env.now - t0 + exit_cycles)
+
+
+def _size(text: str) -> int:
+    from workloads.units import parse_size
+
+    return parse_size(text)
+
+
+def _backing(backing: str, g: Geometry) -> int:
+    return {"anonymous": g.page_size, "thp": g.size(2), "hugetlb_2m": 2 << 20,
+            "hugetlb_1g": 1 << 30}[backing]
 
 
 class Machine:
-    """The simulated machine for one variant: page-table memory, the guest, its vCPUs."""
+    """The simulated machine for one variant (kvm mode: one guest; pkvm: see PkvmMachine)."""
 
     def __init__(self, cfg: ExperimentConfig, progress: Callable[[int, int], None] | None = None):
         self.cfg = cfg
         self.env = simpy.Environment()
-        g = cfg.geometry
-        self.ptmem = PageTableMemory(g.page_shift, 1 << PT_BASE_SHIFT if cfg.machine.pa_bits > 46
-                                     else 1 << (cfg.machine.pa_bits - 1))
-        self.lock = Lock(self.env, cfg.engine.mmu_lock == "exclusive")
         c = cfg.costs
         self.op_costs = OpCosts(c.pte_visit, c.pte_store, c.table_alloc, c.table_free,
                                 c.tlbi_ipa, c.tlbi_range, c.tlbi_vmid, c.cmo_bytes_per_cycle,
                                 c.icache_bytes_per_cycle, cfg.machine.fwb, cfg.machine.dic)
-        self.vm = GuestVM(self, cfg, vmid=1, name="guest")
-        streams = cfg.workload.build(cfg.guest.vcpus, cfg.seed, cfg.guest.memory, cfg.engine.chunk)
-        for i, stream in enumerate(streams):
-            self.vm.vcpus.append(Vcpu(i, self.vm, stream))
-        self.totals = [getattr(s, "total", None) for s in streams]
         self.progress = progress
         self.machine_ctr = Counters()
         self.done_accesses = 0
+        self.totals: list[int | None] = []
+        self.cpus: list[Cpu] = []
+        self.contexts: list[Context] = []
+        self.build()
+
+    # -- construction --------------------------------------------------------------------
+    def make_tlb(self, g: Geometry) -> TLBHierarchy:
+        specs = []
+        for lv in self.cfg.tlb.levels:
+            sizes = lv.page_sizes or list(g.leaf_sizes().values())
+            leaf_levels = tuple(sorted(g.level_for_size(s) for s in sizes))
+            specs.append(TLBLevelSpec(lv.name, lv.sets, lv.ways, lv.latency, leaf_levels,
+                                      lv.serves))
+        return TLBHierarchy(specs, g.page_shift)
+
+    def new_cpu(self, g: Geometry) -> Cpu:
+        cpu = Cpu(len(self.cpus), self.make_tlb(g),
+                  WalkCache(self.cfg.tlb.walk_cache.entries_per_level))
+        self.cpus.append(cpu)
+        return cpu
+
+    def build(self) -> None:
+        cfg = self.cfg
+        g = cfg.geometry
+        self.ptmem = PageTableMemory(g.page_shift, 1 << PT_BASE_SHIFT if cfg.machine.pa_bits > 46
+                                     else 1 << (cfg.machine.pa_bits - 1))
+        self.vm = GuestVM(self, cfg.guest, 1, "guest", self.ptmem)
+        self.lock = self.vm.lock
+        streams = cfg.workload.build(cfg.guest.vcpus, cfg.seed, cfg.guest.memory, cfg.engine.chunk)
+        for i, stream in enumerate(streams):
+            ctx = Context(i, self.vm, stream, self.new_cpu(g), f"vcpu{i}")
+            self.vm.contexts.append(ctx)
+            self.contexts.append(ctx)
+        self.totals = [getattr(s, "total", None) for s in streams]
 
     # -- hypervisor-side helpers ---------------------------------------------------------
-    def apply_tlbis(self, vm: GuestVM, rep: P.OpReport) -> int:
-        """Apply an operation's TLB invalidations to every vCPU of ``vm``; returns the TLB
-        entries removed (counted in tlbi.entries)."""
+    def apply_tlbis(self, vmid: int, page_shift: int, rep: P.OpReport) -> int:
+        """Apply an operation's TLB invalidations (entries of ``vmid``) to every CPU; returns
+        the TLB entries removed (counted in tlbi.entries)."""
         removed = 0
-        ps = vm.geom.page_shift
         for rec in rep.tlbis:
-            for v in vm.vcpus:
+            for cpu in self.cpus:
                 if rec.kind == "vmid":
-                    removed += v.mmu.tlb.invalidate(vm.vmid)
-                    v.mmu.wc.invalidate(vm.vmid, 0, 0, ps)
+                    removed += cpu.tlb.invalidate(vmid)
+                    cpu.wc.invalidate(vmid, 0, 0, page_shift)
                 else:
                     lo, hi = rec.addr, rec.addr + rec.size
-                    removed += v.mmu.tlb.invalidate(vm.vmid, lo, hi)
-                    v.mmu.wc.invalidate(vm.vmid, lo, hi, ps)
+                    removed += cpu.tlb.invalidate(vmid, lo, hi)
+                    cpu.wc.invalidate(vmid, lo, hi, page_shift)
         self.machine_ctr.add("tlbi.entries", removed)
         return removed
 
@@ -377,87 +478,86 @@ class Machine:
             raise SimulationError("engine", f"page-table refcount inconsistency ({rep.warnings} "
                                   "kernel WARN()s)")
 
-    # -- vCPU processes ------------------------------------------------------------------
-    def vcpu_process(self, vcpu: Vcpu):
+    # -- context processes ---------------------------------------------------------------
+    def context_process(self, ctx: Context):
         env = self.env
         quantum = self.cfg.engine.quantum_cycles
         max_cycles = self.cfg.engine.max_cycles
-        s2 = vcpu.vm.s2
-        place = vcpu.vm.placement
-        for addrs, kinds in vcpu.stream:
-            addrs = place(addrs)
+        vm = ctx.vm
+        for addrs, kinds in ctx.stream:
+            addrs, kinds = vm.placement(addrs, kinds, ctx)
             n = len(addrs)
             i = 0
             while i < n:
-                if max_cycles is not None and env.now >= max_cycles:
-                    vcpu.done_at = env.now
+                if ctx.stopped or (max_cycles is not None and env.now >= max_cycles):
+                    ctx.done_at = env.now
                     return
                 before = i
-                i, used, status = vcpu.mmu.run(s2, addrs, kinds, i, n, quantum)
+                i, used, status = ctx.mmu.run(vm.s2, addrs, kinds, i, n, quantum)
                 self.done_accesses += i - before
-                used += vcpu.debt
-                vcpu.debt = 0
+                used += ctx.debt
+                ctx.debt = 0
                 if used:
                     yield env.timeout(used)
                 if status == B_FAULT:
-                    f = vcpu.mmu.fault
+                    f = ctx.mmu.fault
                     ipa = int(f[F_IPA]) & D.MASK64
-                    self._check_progress(vcpu, i, ipa, before)
-                    yield from vcpu.vm.handle_fault(vcpu, int(f[F_STATUS]), ipa, int(f[F_KIND]))
-        if vcpu.debt:
-            yield env.timeout(vcpu.debt)
-            vcpu.debt = 0
-        vcpu.done_at = env.now
+                    self._check_progress(ctx, i, ipa, before)
+                    yield from vm.handle_fault(ctx, int(f[F_STATUS]), ipa, int(f[F_KIND]))
+                    if ctx.skip:
+                        ctx.skip = False
+                        i += 1
+        if ctx.debt:
+            yield env.timeout(ctx.debt)
+            ctx.debt = 0
+        ctx.done_at = env.now
 
     @staticmethod
-    def _check_progress(vcpu: Vcpu, index: int, ipa: int, before: int) -> None:
+    def _check_progress(ctx: Context, index: int, ipa: int, before: int) -> None:
         """A fault the handler cannot resolve would replay forever: stop with an error."""
         key = (index, ipa)
-        if key == vcpu.last_fault and index == before:
-            vcpu.repeats += 1
-            if vcpu.repeats >= 16:
-                raise SimulationError("engine", f"vCPU {vcpu.index}: the access to IPA {ipa:#x} "
-                                      "keeps faulting after its fault was handled")
+        if key == ctx.last_fault and index == before:
+            ctx.repeats += 1
+            if ctx.repeats >= 16:
+                raise SimulationError("engine", f"{ctx.label}: the access to {ipa:#x} keeps "
+                                      "faulting after its fault was handled")
         else:
-            vcpu.last_fault = key
-            vcpu.repeats = 0
+            ctx.last_fault = key
+            ctx.repeats = 0
 
     def _progress_process(self, period: int):
-        total = sum(t for t in self.totals if t is not None) if all(
+        total = sum(t for t in self.totals if t is not None) if self.totals and all(
             t is not None for t in self.totals) else 0
         while True:
             yield self.env.timeout(period)
             self.progress(self.done_accesses, total)
 
-    def run(self) -> dict:
-        t0 = time.perf_counter()
-        base_allocs = 0
+    def start(self) -> list:
         if self.cfg.guest.premap:
             self.vm.premap()
-        procs = [self.env.process(self.vcpu_process(v)) for v in self.vm.vcpus]
+        return [self.env.process(self.context_process(c)) for c in self.contexts]
+
+    def run(self) -> dict:
+        t0 = time.perf_counter()
+        procs = self.start()
         if self.progress is not None:
             self.env.process(self._progress_process(self.cfg.engine.quantum_cycles * 50))
-        done = simpy.AllOf(self.env, procs)
-        self.env.run(until=done)
+        self.env.run(until=simpy.AllOf(self.env, procs))
         host = time.perf_counter() - t0
         if self.progress is not None:
             self.progress(self.done_accesses, self.done_accesses)
-        return self.results(host, base_allocs)
+        return self.results(host)
 
     # -- results -------------------------------------------------------------------------
-    def results(self, host_seconds: float, base_allocs: int) -> dict:
+    def results(self, host_seconds: float) -> dict:
         per_vcpu = []
         total: dict[str, int] = {}
-        for v in self.vm.vcpus:
-            c = v.mmu.counters()
-            c["cycles"] = int(v.done_at)
-            for k, val in v.ctr.c.items():
-                c[k] = c.get(k, 0) + val
-            per_vcpu.append(dict(sorted(c.items())))
+        for ctx in self.contexts:
+            c = ctx.counters()
+            per_vcpu.append(c)
             for k, val in c.items():
                 total[k] = total.get(k, 0) + val
-        total.pop("cycles", None)
-        total["cycles"] = sum(v.done_at for v in self.vm.vcpus)
+        total["cycles"] = sum(ctx.done_at for ctx in self.contexts)
         for k, val in self.machine_ctr.c.items():
             total[k] = total.get(k, 0) + val
         for key in ("tlbi.ops", "tlbi.entries", "pgtable.pages_allocated", "pgtable.pages_freed",
@@ -481,13 +581,17 @@ class Machine:
             "sim_seconds": seconds(sim_cycles, self.cfg.machine.clock_ghz),
             "host_seconds": round(host_seconds, 3),
             "host_bytes": int(self.ptmem.nbytes() + sum(
-                v.mmu.tlb.key.nbytes * 3 + v.mmu.wc.tag.nbytes * 3 for v in self.vm.vcpus)),
+                cpu.tlb.key.nbytes * 3 + cpu.wc.tag.nbytes * 3 for cpu in self.cpus)),
         }
 
 
 def run_config(cfg: ExperimentConfig, progress=None) -> dict:
     """Run one validated configuration; returns its results record."""
+    if cfg.hyp.mode == "pkvm":
+        from simulator.pkvm import PkvmMachine
+
+        return PkvmMachine(cfg, progress).run()
     return Machine(cfg, progress).run()
 
 
-__all__ = ["Machine", "SimulationError", "run_config", "np"]
+__all__ = ["Machine", "SimulationError", "run_config", "to_cycles"]

@@ -66,6 +66,7 @@ F_COALESCE = 1 << 6  # seed 000: TABLE_POST zaps a table whose refcount fell to 
 F_OWNER = 1 << 7  # map an owner annotation (phys = KVM_PHYS_INVALID)
 
 # ---- errno -----------------------------------------------------------------------------
+EPERM = 1
 EAGAIN = 11
 ENOMEM = 12
 EINVAL = 22
@@ -573,7 +574,8 @@ def _visit_leaf(op, row, idx, level, ctx_addr, start, end, old, phys, attr, owne
                 pt_put(row, refcnt, free, meta, rep)
             return 0
         gsz = np.int64(1) << _gshift(level, page_shift)
-        need_flush = (old & MEMATTR_MASK) == U(D.MEMATTR_NORMAL << 2) and (flags & F_FWB) == 0
+        need_flush = ((old & MEMATTR_MASK) == U(D.MEMATTR_NORMAL << 2) and (flags & F_FWB) == 0
+                      and (flags & F_SKIP_CMO) == 0)
         _store(tables, row, idx, U(0), level, stat, rep)
         if not ((flags & F_TLBIRANGE) != 0 and (flags & F_FWB) != 0):
             base = np.int64(ctx_addr & ~U(gsz - 1))
@@ -897,14 +899,18 @@ class Stage2:
     """
 
     def __init__(self, mem: PageTableMemory, geometry: Geometry, vmid: int = 1, *,
-                 rule: int = D.COUNT_NONZERO, fwb: bool = False, tlbi_range: bool = False):
+                 rule: int = D.COUNT_NONZERO, fwb: bool = False, tlbi_range: bool = False,
+                 cmo: bool = True):
         if geometry.page_shift != mem.page_shift:
             raise ValueError("stage-2 granule differs from its page-table memory's")
         self.mem = mem
         self.geom = geometry
         self.vmid = vmid
         self.rule = rule
-        self.base_flags = (F_FWB if fwb else 0) | (F_TLBIRANGE if tlbi_range else 0)
+        # cmo=False: mm_ops without dcache_clean_inval_poc/icache_inval_pou (pKVM's host
+        # stage-2), so no cache maintenance is ever done or reported
+        self.base_flags = ((F_FWB if fwb else 0) | (F_TLBIRANGE if tlbi_range else 0)
+                           | (0 if cmo else F_SKIP_CMO))
         self.root = mem.alloc_contiguous(geometry.pgd_pages)
         self.pgd_pages = geometry.pgd_pages
         self.stat = np.zeros(STAT_SIZE, dtype=np.int64)

@@ -1,0 +1,192 @@
+"""pkvm mode: the host stage-2 (idmap, ownership, seed 000's coalescing), guests donated and
+reclaimed, isolation, and the hyp pools (seed 002)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from simulator.arch import descriptors as D
+from simulator.arch.geometry import Geometry
+from simulator.config import ConfigError, Experiment
+from simulator.engine import run_config
+from simulator.hyp.host import OWNER_HOST, HostPhys, HostStage2, Region
+
+GIB = 1 << 30
+MIB = 1 << 20
+PAGE = 4096
+
+
+def host(coalesce: bool, pools: str = "unified") -> HostStage2:
+    phys = HostPhys([Region(0, GIB, "mmio"), Region(GIB, 2 * GIB, "memory")], 12)
+    return HostStage2(phys, Geometry(12, 40), coalesce=coalesce, pools=pools, layout="packed4",
+                      on_bug="raise", fwb=False, tlbi_range=False)
+
+
+def leaf(hs2: HostStage2, pa: int) -> tuple[int, int]:
+    pte, level = hs2.s2.get_leaf(pa)
+    return pte, level
+
+
+def test_idmap_maps_the_largest_block_that_fits_the_region():
+    hs2 = host(coalesce=False)
+    res = hs2.idmap(GIB + 5 * PAGE)
+    assert (res.ret, res.start, res.size) == (0, GIB, GIB)
+    pte, level = leaf(hs2, GIB + 5 * PAGE)
+    assert level == 1 and D.decode(pte, 1, 12).kind == "block"
+    # MMIO: RW, device, XN
+    res = hs2.idmap(0x1000)
+    assert res.ret == 0
+    d = D.decode(leaf(hs2, 0x1000)[0], leaf(hs2, 0x1000)[1], 12)
+    assert (d.memattr, d.xn, d.w) == (D.MEMATTR_DEVICE, True, True)
+    # an address already mapped: -EAGAIN
+    assert hs2.idmap(GIB + 7 * PAGE).ret == -11
+
+
+def test_donated_page_splits_the_block_and_the_host_cannot_map_it():
+    hs2 = host(coalesce=False)
+    hs2.idmap(GIB)
+    hs2.set_owner(GIB + 2 * MIB, PAGE, 2)
+    assert D.decode(*leaf(hs2, GIB + 2 * MIB), 12).owner == 2
+    assert hs2.idmap(GIB + 2 * MIB).ret == -1  # -EPERM
+    # the rest of the old block refaults lazily, at the largest size that still fits
+    res = hs2.idmap(GIB + 4 * MIB)
+    assert res.ret == 0 and res.size == 2 * MIB
+
+
+@pytest.mark.parametrize("coalesce,expected", [(True, (2, 2 * MIB)), (False, (3, PAGE))])
+def test_reclaimed_2m_region_becomes_one_level2_block_after_one_abort_only_with_coalescing(
+        coalesce, expected):
+    hs2 = host(coalesce=coalesce)
+    base = GIB + 64 * MIB
+    hs2.set_owner(GIB + 512 * MIB, PAGE, 2)  # elsewhere in the same 1 GiB: stays donated
+    hs2.set_owner(base, 2 * MIB, 2)  # donate a 2 MiB chunk
+    rep = hs2.set_owner(base, 2 * MIB, OWNER_HOST)  # reclaim it
+    assert rep.zapped == (1 if coalesce else 0)
+    res = hs2.idmap(base + 12345 * 8)
+    assert res.ret == 0
+    level, size = expected
+    assert res.size == size
+    assert leaf(hs2, base)[1] == level
+    assert hs2.s2.check_invariants() == []
+
+
+def test_a_whole_default_1g_region_coalesces_into_a_1g_block():
+    hs2 = host(coalesce=True)
+    base = GIB + 64 * MIB
+    hs2.set_owner(base, 2 * MIB, 2)
+    rep = hs2.set_owner(base, 2 * MIB, OWNER_HOST)
+    assert rep.zapped == 2  # the level-3 table, then the level-2 table it emptied
+    res = hs2.idmap(base)
+    assert (res.size, leaf(hs2, base)[1]) == (GIB, 1)
+
+
+def test_a_region_with_one_page_still_donated_never_coalesces():
+    hs2 = host(coalesce=True)
+    base = GIB + 64 * MIB
+    hs2.set_owner(base, 2 * MIB, 2)
+    rep = hs2.set_owner(base, 2 * MIB - PAGE, OWNER_HOST)  # the last page stays donated
+    assert rep.zapped == 0
+    res = hs2.idmap(base)
+    assert res.size == PAGE and leaf(hs2, base)[1] == 3
+    assert hs2.s2.check_invariants() == []
+
+
+def test_mmio_recycling_when_a_separate_pool_runs_dry():
+    phys = HostPhys([Region(GIB, GIB, "memory")] +
+                    [Region(64 * GIB + i * 2 * MIB, 64 * 1024, "mmio") for i in range(700)], 12)
+    hs2 = HostStage2(phys, Geometry(12, 40), coalesce=False, pools="separate",
+                     layout="packed4", on_bug="raise", fwb=False, tlbi_range=False)
+    for i in range(700):
+        res = hs2.idmap(64 * GIB + i * 2 * MIB)
+        assert res.ret == 0
+    # each window needs its own level-3 table: the MMIO pool (about 1 GiB worth) ran dry
+    assert hs2.enomem >= 1 and hs2.recycles == hs2.enomem
+    assert 0 < hs2.mmio_at_first_enomem < 700 * 16
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def pkvm_cfg(tmp_path, **over) -> Experiment:
+    cfg = {
+        "name": "pk",
+        "seed": 3,
+        "machine": {"granule": "4K", "ipa_bits": 40, "pa_bits": 40},
+        "hyp": {"mode": "pkvm", "coalesce": True},
+        "host": {"cpus": 2, "regions": [{"base": 0, "size": "1GiB", "type": "mmio"},
+                                        {"base": "1GiB", "size": "2GiB"}],
+                 "workload": {"type": "uniform", "accesses": 4000, "footprint": "2GiB"}},
+        "guests": [
+            {"name": "a", "memory": "64MiB", "vcpus": 2, "mapping": "4K",
+             "workload": {"type": "sequential", "accesses": 3000, "step": 4096}, "run": "2ms"},
+            {"name": "b", "memory": "64MiB", "vcpus": 2, "mapping": "4K",
+             "workload": {"type": "sequential", "accesses": 3000, "step": 4096},
+             "start": "40ms"},
+        ],
+    }
+    for key, value in over.items():
+        node = cfg
+        parts = key.split("__")
+        for p in parts[:-1]:
+            node = node[p]
+        node[parts[-1]] = value
+    path = tmp_path / "pk.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return Experiment(path)
+
+
+def test_guests_come_and_go_and_every_page_and_table_returns(tmp_path):
+    r = run_config(pkvm_cfg(tmp_path).variants["default"])
+    c = r["counters"]
+    assert c["guests.torn_down"] == 2
+    assert c["reclaim.pages"] == c["donate.pages"] == 2 * (64 * MIB // PAGE)
+    assert c["guests.pgtable.pages_in_use"] == 0
+    assert c["hyp.pool.free_pages"] == c["hyp.pool.pages"]
+    assert c["isolation.violations"] == 0
+    assert c["guest.a.accesses"] + c["guest.b.accesses"] > 0
+    assert c["coalesce.tables_zapped"] > 0
+
+
+@pytest.mark.parametrize("tlbi,broken", [(True, False), (False, True)])
+def test_skipping_the_teardown_tlbi_breaks_isolation(tmp_path, tlbi, broken):
+    # Guest b reuses guest a's VMID on the same CPU. Memory starts 2 MiB past a 64 MiB
+    # boundary: a (2 MiB chunks) gets the first pages, b (one 64 MiB chunk) the next 64 MiB
+    # aligned run, so the same IPA maps to different pages. Without the teardown TLBI, a's
+    # stale entries translate b's accesses to pages the host owns again.
+    work = {"type": "uniform", "accesses": 3000, "footprint": "1MiB"}
+    exp = pkvm_cfg(
+        tmp_path, hyp__teardown_tlbi=tlbi,
+        host={"cpus": 1, "regions": [{"base": 0, "size": "1GiB", "type": "mmio"},
+                                     {"base": GIB + 2 * MIB, "size": "2GiB"}]},
+        guests=[{"name": "a", "memory": "64MiB", "chunk": "2MiB", "workload": work,
+                 "run": "1ms"},
+                {"name": "b", "memory": "64MiB", "chunk": "64MiB", "workload": work,
+                 "start": "40ms"}])
+    c = run_config(exp.variants["default"])["counters"]
+    assert c["guests.torn_down"] == 2
+    assert (c["isolation.violations"] > 0) == broken
+
+
+def test_host_access_to_a_page_it_does_not_own_aborts_and_never_succeeds(tmp_path):
+    exp = pkvm_cfg(tmp_path, host__respect_ownership=False,
+                   host__workload={"type": "uniform", "accesses": 20000, "footprint": "2GiB"})
+    c = run_config(exp.variants["default"])["counters"]
+    assert c["host.illegal_accesses"] > 0
+    assert c["host.accesses"] + c["host.illegal_accesses"] == 2 * 20000
+    assert c["isolation.violations"] == 0
+
+
+def test_packed2_with_64k_pages_is_refused_at_validation(tmp_path):
+    with pytest.raises(ConfigError, match="hyp.vmemmap_layout.*8193"):
+        pkvm_cfg(tmp_path, machine__granule="64K", hyp__vmemmap_layout="packed2",
+                 guests=[])
+
+
+@pytest.mark.parametrize("layout,per_gib", [("legacy32", 8 * MIB), ("packed4", MIB),
+                                            ("packed2", MIB // 2)])
+def test_vmemmap_cost_per_gib_follows_the_layout(tmp_path, layout, per_gib):
+    c = run_config(pkvm_cfg(tmp_path, hyp__vmemmap_layout=layout, guests=[]).variants[
+        "default"])["counters"]
+    assert c["hyp.vmemmap_bytes_per_gib"] == per_gib
+    assert c["hyp.vmemmap_bytes"] == 2 * per_gib
