@@ -266,8 +266,10 @@ class HostConfig(_Model):
     cpus: int = Field(default=2, ge=1, le=256, description="Physical CPUs; host CPU i runs on "
                       "CPU i, guest vCPUs are spread over the CPUs and share their TLBs.")
     workload: WorkloadSpec | None = Field(default=None, description="What each host CPU runs "
-                                          "(addresses are offsets into host memory, regions in "
-                                          "order; mmio regions follow memory).")
+                                          "(addresses are offsets into host.address_space).")
+    address_space: Literal["memory", "mmio"] = Field(
+        default="memory", description="What host workload addresses index: the memory regions "
+        "or the MMIO regions (windows included), in address order.")
     respect_ownership: bool = Field(default=True, description="The host kernel touches only "
                                     "pages it owns (accesses to donated pages are skipped and "
                                     "counted); false lets them abort (host.illegal_accesses).")
@@ -420,6 +422,9 @@ class ExperimentConfig(_Model):
                 raise ValueError("host.regions: regions overlap")
         if not any(r.type == "memory" for r in regions):
             raise ValueError("host.regions: no memory region")
+        if self.host.address_space == "mmio" and self.host.workload is not None and not (
+                any(r.type == "mmio" for r in regions) or self.host.mmio_windows):
+            raise ValueError("host.address_space: mmio, but there is no MMIO region")
         names = [g.name for g in self.guests]
         if len(set(names)) != len(names):
             raise ValueError(f"guests: names must be unique, got {names}")

@@ -63,11 +63,12 @@ class HostVM(VM):
     def placement(self, addrs: np.ndarray, kinds: np.ndarray, ctx: Context):
         """Host workload addresses are offsets into host memory (then MMIO); the host kernel
         touches only what it owns unless host.respect_ownership is false."""
-        pa = self.phys.to_pa(addrs)
+        pa = self.phys.to_pa(addrs, self.machine.cfg.host.address_space)
         if not self.machine.cfg.host.respect_ownership:
             return pa, kinds
         pages = ((pa - np.uint64(self.phys.lo)) >> np.uint64(self.geom.page_shift)).astype(np.int64)
-        keep = self.phys.owner[pages] == OWNER_HOST
+        inside = (pa >= np.uint64(self.phys.lo)) & (pa < np.uint64(self.phys.hi))
+        keep = ~inside | (self.phys.owner[np.where(inside, pages, 0)] == OWNER_HOST)
         dropped = int(len(keep) - np.count_nonzero(keep))
         if dropped:
             ctx.ctr.add("skipped_accesses", dropped)
@@ -146,7 +147,10 @@ class PkvmMachine(Machine):
         for _ in range(cfg.host.cpus):
             self.new_cpu(g)
         if cfg.host.workload is not None:
-            mem = self.phys.memory_bytes() + sum(r.size for r in self.phys.mmio)
+            if cfg.host.address_space == "memory":
+                mem = self.phys.memory_bytes()
+            else:
+                mem = sum(r.size for r in self.phys.mmio)
             streams = cfg.host.workload.build(cfg.host.cpus, cfg.seed, mem, cfg.engine.chunk)
             for i, stream in enumerate(streams):
                 self.contexts.append(Context(i, self.host, stream, self.cpus[i], f"host.cpu{i}"))

@@ -39,24 +39,26 @@ class Region:
 
 
 class HostPhys:
-    """Physical memory: regions, an owner id per page (the ownership record the isolation
-    check reads), and which memory pages the host could donate."""
+    """Physical memory: regions and an owner id per page (the ownership record the isolation
+    check reads; memory the host owns is what it can donate)."""
 
     def __init__(self, regions: list[Region], page_shift: int):
         self.regions = sorted(regions, key=lambda r: r.base)
         self.page_shift = page_shift
-        self.lo = self.regions[0].base
-        self.hi = max(r.end for r in self.regions)
-        n = (self.hi - self.lo) >> page_shift
-        self.owner = np.full(n, OWNER_NONE, dtype=np.uint8)
-        self.donatable = np.zeros(n, dtype=bool)
-        for r in self.regions:
-            a, b = self.page(r.base), self.page(r.end)
-            self.owner[a:b] = OWNER_HOST
-            if r.type == "memory":
-                self.donatable[a:b] = True
         self.memory = [r for r in self.regions if r.type == "memory"]
         self.mmio = [r for r in self.regions if r.type == "mmio"]
+        # the record covers the span of memory (only memory changes hands); MMIO is the host's
+        self.lo = min(r.base for r in self.memory)
+        self.hi = max(r.end for r in self.memory)
+        n = (self.hi - self.lo) >> page_shift
+        self.owner = np.full(n, OWNER_NONE, dtype=np.uint8)
+        for r in self.regions:
+            a = max(self.page(r.base), 0)
+            b = min(self.page(r.end), n)
+            if a < b:
+                self.owner[a:b] = OWNER_HOST
+        # chunks picked for a donation whose ownership change has not happened yet
+        self.reserved: dict[int, int] = {}
 
     def page(self, pa: int) -> int:
         return (pa - self.lo) >> self.page_shift
@@ -78,9 +80,8 @@ class HostPhys:
         size = pages << self.page_shift
         base = (top - size) & ~((align_pages << self.page_shift) - 1)
         a = self.page(base)
-        if base < r.base or not self.donatable[a:a + pages].all():
+        if base < r.base or not (self.owner[a:a + pages] == OWNER_HOST).all():
             raise ValueError("not enough memory for the hypervisor's pools")
-        self.donatable[a:a + pages] = False
         self.owner[a:a + pages] = OWNER_HYP
         self._carve_top = {**getattr(self, "_carve_top", {}), r.base: base}
         return base
@@ -96,33 +97,37 @@ class HostPhys:
             if nchunks <= 0:
                 continue
             a = self.page(first)
-            ok = self.donatable[a:a + nchunks * per].reshape(nchunks, per).all(axis=1)
+            # donatable: memory the host owns (carve-outs are the hypervisor's), not reserved
+            free = self.owner[a:a + nchunks * per] == OWNER_HOST
+            for ra, rn in self.reserved.items():
+                lo, hi = max(ra - a, 0), min(ra + rn - a, len(free))
+                if lo < hi:
+                    free[lo:hi] = False
+            ok = free.reshape(nchunks, per).all(axis=1)
             for k in np.nonzero(ok)[0][: count - len(out)]:
                 out.append(first + int(k) * chunk)
             if len(out) == count:
                 break
         if len(out) < count:
             return None
-        for pa in out:
-            a = self.page(pa)
-            self.donatable[a:a + per] = False
+        for pa in out:  # reserved until the donation writes the new owner
+            self.reserved[self.page(pa)] = per
         return out
 
     def set_owner(self, pa: int, size: int, owner: int) -> None:
         a = self.page(pa)
         self.owner[a:a + (size >> self.page_shift)] = owner
+        self.reserved.pop(a, None)
 
     def give_back(self, pa: int, size: int) -> None:
-        """Pages reclaimed by the host become donatable again."""
+        """Pages reclaimed by the host are the host's (and donatable) again."""
         a = self.page(pa)
-        n = size >> self.page_shift
-        self.owner[a:a + n] = OWNER_HOST
-        self.donatable[a:a + n] = True
+        self.owner[a:a + (size >> self.page_shift)] = OWNER_HOST
 
-    def to_pa(self, offsets: np.ndarray) -> np.ndarray:
-        """Host workload addresses (offsets into memory regions in order, then MMIO regions)
-        to physical addresses."""
-        order = self.memory + self.mmio
+    def to_pa(self, offsets: np.ndarray, space: str = "memory") -> np.ndarray:
+        """Host workload addresses (offsets into the memory regions, or the MMIO regions, in
+        address order, wrapping) to physical addresses."""
+        order = self.memory if space == "memory" else self.mmio
         sizes = np.array([r.size for r in order], dtype=np.uint64)
         ends = np.cumsum(sizes)
         bases = np.array([r.base for r in order], dtype=np.uint64)
@@ -166,9 +171,11 @@ class HostStage2:
             n_mem = host_s2_pgtable_pages(regions, ps) - n_dev
             base = phys.carve_top(n_mem + n_dev)
             kw = dict(layout=layout, on_bug="count" if on_bug == "count" else "raise")
-            self.mem_pool = HypPool(base, n_mem, ps, **kw)
-            self.dev_pool = HypPool(base + (n_mem << ps), n_dev, ps, **kw)
-            pool_list = [self.mem_pool, self.dev_pool]
+            # the small MMIO pool first: page-table rows are linear in physical address, and
+            # both pools hand out their low pages first, so rows stay few
+            self.dev_pool = HypPool(base, n_dev, ps, **kw)
+            self.mem_pool = HypPool(base + (n_dev << ps), n_mem, ps, **kw)
+            pool_list = [self.dev_pool, self.mem_pool]
         self.ptmem = PoolMemory(pool_list)
         rule = D.COUNT_HOST_COALESCE if coalesce else D.COUNT_NONZERO
         # the host's mm_ops have no cache-maintenance callbacks
