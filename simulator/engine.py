@@ -232,6 +232,7 @@ class Context:
         self.repeats = 0
         self.stopped = False
         self.skip = False  # the faulting access never succeeds: drop it
+        self.enomem_streak = 0
 
     def counters(self) -> dict[str, int]:
         c = self.mmu.counters()
@@ -378,7 +379,16 @@ class GuestVM(VM):
             rep = self.s2.map(start, bs, self.pa_of(start), self.prot_for(kind),
                               handle_fault=True)
             if rep.ret == -P.ENOMEM:
-                raise SimulationError("guest", f"out of page-table memory at IPA {ipa:#x}")
+                # the fault returns -ENOMEM to its caller, which tops up and re-enters the
+                # guest: the access faults again. Only a pool that never refills stops the run.
+                ctx.ctr.add("faults.enomem")
+                ctx.enomem_streak += 1
+                if ctx.enomem_streak > 8:
+                    field = "hyp.pool_pages" if self.chunk is not None else "guest"
+                    raise SimulationError(field, f"{ctx.label}: no page-table memory left to "
+                                          f"map IPA {ipa:#x} (the pool stays exhausted)")
+            else:
+                ctx.enomem_streak = 0
             if rep.ret == -P.EAGAIN:
                 ctx.ctr.add("faults.spurious")
             op_cycles = m.op_costs.cycles(rep)

@@ -190,3 +190,78 @@ def test_vmemmap_cost_per_gib_follows_the_layout(tmp_path, layout, per_gib):
         "default"])["counters"]
     assert c["hyp.vmemmap_bytes_per_gib"] == per_gib
     assert c["hyp.vmemmap_bytes"] == 2 * per_gib
+
+
+# ------------------------------------------------------------------ property: ownership
+
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+CHUNK = 2 * MIB
+NCHUNKS = 16  # a 32 MiB window of host memory, inside one 1 GiB region
+WINDOW = GIB + 256 * MIB
+
+
+@st.composite
+def ownership_steps(draw):
+    steps = []
+    for _ in range(draw(st.integers(1, 25))):
+        kind = draw(st.sampled_from(["donate", "reclaim", "abort", "reclaim_part"]))
+        steps.append((kind, draw(st.integers(0, NCHUNKS - 1)), draw(st.integers(0, 511))))
+    return steps
+
+
+@settings(max_examples=40, deadline=None)
+@given(coalesce=st.booleans(), steps=ownership_steps())
+def test_donate_reclaim_abort_sequences_keep_ownership_and_refcounts(coalesce, steps):
+    """Reference: the owner of every page. After every step the host stage-2 must never map
+    a page the host does not own, must annotate every donated page, and its refcounts must
+    equal 1 + counted entries (check_invariants)."""
+    hs2 = host(coalesce=coalesce)
+    owner = {}  # page -> owner id; absent = host
+    for kind, c, p in steps:
+        base = WINDOW + c * CHUNK
+        if kind == "donate" and all(owner.get(base + i * PAGE, 0) == 0 for i in range(512)):
+            hs2.set_owner(base, CHUNK, 2)
+            for i in range(512):
+                owner[base + i * PAGE] = 2
+        elif kind == "reclaim" and any(owner.get(base + i * PAGE, 0) for i in range(512)):
+            hs2.set_owner(base, CHUNK, OWNER_HOST)
+            for i in range(512):
+                owner.pop(base + i * PAGE, None)
+        elif kind == "reclaim_part" and owner.get(base + p * PAGE, 0):
+            hs2.set_owner(base + p * PAGE, PAGE, OWNER_HOST)
+            owner.pop(base + p * PAGE)
+        elif kind == "abort":
+            pa = base + p * PAGE
+            res = hs2.idmap(pa)
+            if owner.get(pa, 0):
+                assert res.ret == -1  # -EPERM: never mapped for the host
+            else:
+                assert res.ret in (0, -11)
+                # the window mapped never covers a page someone else owns
+                for q in range(res.start, res.start + res.size, PAGE):
+                    if WINDOW <= q < WINDOW + NCHUNKS * CHUNK:
+                        assert owner.get(q, 0) == 0
+        assert hs2.s2.check_invariants() == []
+        for c2 in range(NCHUNKS):
+            for i in (0, p, 511):
+                pa = WINDOW + c2 * CHUNK + i * PAGE
+                pte, level = hs2.s2.get_leaf(pa)
+                if owner.get(pa, 0):
+                    assert D.decode(pte, level, 12).kind == "invalid" and (pte >> 2) & 0xFF == 2
+                elif pte & 1:
+                    d = D.decode(pte, level, 12)
+                    assert d.kind in ("page", "block")
+                    assert d.oa + (pa & (hs2.geom.size(level) - 1)) == pa  # identity
+
+
+def test_guest_fault_enomem_returns_to_the_guest_and_an_empty_pool_stops_with_an_error(tmp_path):
+    from simulator.engine import SimulationError
+
+    # a hyp pool of 3 pages: the guest's pgd takes them, no table can ever be allocated
+    exp = pkvm_cfg(tmp_path, hyp__pool_pages=3, guests=[
+        {"name": "a", "memory": "8MiB", "workload": {"type": "uniform", "accesses": 10}}])
+    with pytest.raises(SimulationError, match="hyp.pool_pages.*pool stays exhausted"):
+        run_config(exp.variants["default"])
