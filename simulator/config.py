@@ -261,8 +261,8 @@ def _default_regions() -> list[HostRegionConfig]:
 
 
 class HostConfig(_Model):
-    regions: list[HostRegionConfig] = Field(default_factory=_default_regions, description=
-                                            "Physical memory and MMIO regions of the host.")
+    memory: list[HostRegionConfig] = Field(default_factory=_default_regions, description=
+                                           "Physical memory and MMIO regions of the host.")
     cpus: int = Field(default=2, ge=1, le=256, description="Physical CPUs; host CPU i runs on "
                       "CPU i, guest vCPUs are spread over the CPUs and share their TLBs.")
     workload: WorkloadSpec | None = Field(default=None, description="What each host CPU runs "
@@ -275,7 +275,7 @@ class HostConfig(_Model):
                                     "counted); false lets them abort (host.illegal_accesses).")
     mmio_windows: "MmioWindowsConfig | None" = Field(
         default=None, description="Many small MMIO regions: count windows of size bytes every "
-        "stride bytes from base (device BARs), in addition to regions.")
+        "stride bytes from base (device BARs), in addition to host.memory.")
     sample_cycles: int = Field(default=1_000_000, ge=1000, description="Period of the "
                                "host.mappings time series, cycles.")
 
@@ -291,7 +291,8 @@ HostConfig.model_rebuild()
 
 
 class BalloonConfig(_Model):
-    at: Duration = Field(description="When the guest relinquishes the pages (from its start).")
+    at: Duration = Field(description="When the guest relinquishes the pages (from when its "
+                         "vCPUs start, after its memory is donated).")
     size: Size = Field(description="How much memory it gives back (from the top of its memory).")
 
 
@@ -410,18 +411,18 @@ class ExperimentConfig(_Model):
         reason = layout_supports(self.hyp.vmemmap_layout, geom.page_shift)
         if reason:
             raise ValueError(f"hyp.vmemmap_layout: {reason}")
-        regions = sorted(self.host.regions, key=lambda r: r.base)
-        for i, r in enumerate(self.host.regions):
+        regions = sorted(self.host.memory, key=lambda r: r.base)
+        for i, r in enumerate(self.host.memory):
             if r.size <= 0 or r.size % geom.page_size or r.base % geom.page_size:
-                raise ValueError(f"host.regions[{i}]: base and size must be positive multiples "
+                raise ValueError(f"host.memory[{i}]: base and size must be positive multiples "
                                  f"of the {self.machine.granule} page")
             if r.base + r.size > 1 << self.machine.pa_bits:
-                raise ValueError(f"host.regions[{i}]: beyond machine.pa_bits")
+                raise ValueError(f"host.memory[{i}]: beyond machine.pa_bits")
         for a, b in zip(regions, regions[1:]):
             if a.base + a.size > b.base:
-                raise ValueError("host.regions: regions overlap")
+                raise ValueError("host.memory: regions overlap")
         if not any(r.type == "memory" for r in regions):
-            raise ValueError("host.regions: no memory region")
+            raise ValueError("host.memory: no memory region")
         if self.host.address_space == "mmio" and self.host.workload is not None and not (
                 any(r.type == "mmio" for r in regions) or self.host.mmio_windows):
             raise ValueError("host.address_space: mmio, but there is no MMIO region")

@@ -118,7 +118,7 @@ class PkvmMachine(Machine):
         cfg = self.cfg
         g = cfg.geometry
         ps = g.page_shift
-        regions = [Region(r.base, r.size, r.type) for r in cfg.host.regions]
+        regions = [Region(r.base, r.size, r.type) for r in cfg.host.memory]
         w = cfg.host.mmio_windows
         if w is not None:
             regions += [Region(w.base + i * w.stride, w.size, "mmio") for i in range(w.count)]
@@ -134,7 +134,7 @@ class PkvmMachine(Machine):
             npages = cfg.hyp.pool_pages or host_s2_pgtable_pages(mem_regions, ps)
             base = self.phys.carve_top(npages)
         except ValueError as e:
-            raise SimulationError("host.regions", str(e)) from None
+            raise SimulationError("host.memory", str(e)) from None
         self.hyp_pool = HypPool(base, npages, ps, layout=layout,
                                 on_bug="count" if cfg.hyp.on_bug == "count" else "raise")
         self.guest_ptmem = PoolMemory([self.hyp_pool])
@@ -209,9 +209,9 @@ class PkvmMachine(Machine):
 
     def reclaim_chunk(self, gvm: GuestVM, k: int, ctr: Counters):
         pa = gvm.chunks[k]
+        gvm.chunks[k] = None  # taken out first: nobody else reclaims it meanwhile
         rep = yield from self.hypercall_op(ctr, pa, gvm.chunk, OWNER_HOST)
         self.phys.give_back(pa, gvm.chunk)
-        gvm.chunks[k] = None
         self.machine_ctr.add("reclaim.pages", gvm.chunk >> self.host_geom.page_shift)
         self.machine_ctr.add("coalesce.tables_zapped", rep.zapped)
         self.machine_ctr.add("pgtable.pages_returned", rep.tables_freed)
@@ -297,9 +297,10 @@ class PkvmMachine(Machine):
         ctr = gvm.agent_ctr
         first = (gvm.gcfg.memory - b.size) // gvm.chunk
         for c in range(max(first, 0), len(gvm.chunks)):
-            if gvm.chunks[c] is None:
-                continue
             yield from acquire(gvm.lock, ctr, env, write=True)
+            if not gvm.alive or gvm.chunks[c] is None:  # torn down meanwhile / not backed
+                gvm.lock.release(write=True)
+                continue
             rep = gvm.s2.unmap(c * gvm.chunk, gvm.chunk)
             self.apply_tlbis(gvm.vmid, gvm.geom.page_shift, rep)
             self.account_op(ctr, rep)

@@ -114,7 +114,7 @@ def pkvm_cfg(tmp_path, **over) -> Experiment:
         "seed": 3,
         "machine": {"granule": "4K", "ipa_bits": 40, "pa_bits": 40},
         "hyp": {"mode": "pkvm", "coalesce": True},
-        "host": {"cpus": 2, "regions": [{"base": 0, "size": "1GiB", "type": "mmio"},
+        "host": {"cpus": 2, "memory": [{"base": 0, "size": "1GiB", "type": "mmio"},
                                         {"base": "1GiB", "size": "2GiB"}],
                  "workload": {"type": "uniform", "accesses": 4000, "footprint": "2GiB"}},
         "guests": [
@@ -157,7 +157,7 @@ def test_skipping_the_teardown_tlbi_breaks_isolation(tmp_path, tlbi, broken):
     work = {"type": "uniform", "accesses": 3000, "footprint": "1MiB"}
     exp = pkvm_cfg(
         tmp_path, hyp__teardown_tlbi=tlbi,
-        host={"cpus": 1, "regions": [{"base": 0, "size": "1GiB", "type": "mmio"},
+        host={"cpus": 1, "memory": [{"base": 0, "size": "1GiB", "type": "mmio"},
                                      {"base": GIB + 2 * MIB, "size": "2GiB"}]},
         guests=[{"name": "a", "memory": "64MiB", "chunk": "2MiB", "workload": work,
                  "run": "1ms"},
@@ -265,3 +265,15 @@ def test_guest_fault_enomem_returns_to_the_guest_and_an_empty_pool_stops_with_an
         {"name": "a", "memory": "8MiB", "workload": {"type": "uniform", "accesses": 10}}])
     with pytest.raises(SimulationError, match="hyp.pool_pages.*pool stays exhausted"):
         run_config(exp.variants["default"])
+
+
+def test_balloon_relinquish_returns_pages_to_the_host_and_coalesces(tmp_path):
+    exp = pkvm_cfg(tmp_path, guests=[
+        {"name": "a", "memory": "64MiB", "vcpus": 1, "mapping": "2M", "run": "30ms",
+         "workload": {"type": "uniform", "accesses": 2000000, "footprint": "32MiB"},
+         "balloon": [{"at": "1ms", "size": "32MiB"}]}])
+    c = run_config(exp.variants["default"])["counters"]
+    assert c["balloon.pages"] == 32 * MIB // PAGE
+    # the balloon's pages plus the rest at teardown: everything donated comes back once
+    assert c["reclaim.pages"] == c["donate.pages"] == 64 * MIB // PAGE
+    assert c["coalesce.tables_zapped"] > 0 and c["isolation.violations"] == 0
