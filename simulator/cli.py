@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -70,16 +71,26 @@ def run_experiment(exp: Experiment, config_path: Path, quiet: bool = False) -> d
     for name, cfg in exp.variants.items():
         cb, stop = _progress_runner(f"{exp.config.name}/{name}", quiet)
         try:
-            results["variants"][name] = run_config(cfg, progress=cb)
-        except TraceError as e:
-            fail(f"{e.path}: {e.message} (workload.path in {config_path})")
-        except WorkloadError as e:
-            fail(f"{config_path}: workload: {e}")
-        except SimulationError as e:
-            fail(f"{config_path}: {e.field}: {e.message} (variant {name})")
+            with input_errors(config_path, f" (variant {name})"):
+                results["variants"][name] = run_config(cfg, progress=cb)
         finally:
             stop()
     return results
+
+
+@contextlib.contextmanager
+def input_errors(config_path: Path, where: str = ""):
+    """Turn every kind of bad input met while running into one ``error:`` line, exit 2."""
+    try:
+        yield
+    except ConfigError as e:
+        fail(str(e))
+    except TraceError as e:
+        fail(f"{e.path}: {e.message} (workload.path in {config_path})")
+    except WorkloadError as e:
+        fail(f"{config_path}: workload: {e}")
+    except SimulationError as e:
+        fail(f"{config_path}: {e.field}: {e.message}{where}")
 
 
 @app.command()
@@ -231,16 +242,9 @@ def sweep(
         def progress(done: int, total: int) -> None:
             bar.update(task_id, completed=done, total=total)
     try:
-        records = run_sweep(exp, out_dir, workers=workers, backend=backend, address=address,
-                            resume=resume, progress=progress)
-    except ConfigError as e:
-        fail(str(e))
-    except TraceError as e:
-        fail(f"{e.path}: {e.message} (workload.path in {config})")
-    except WorkloadError as e:
-        fail(f"{config}: workload: {e}")
-    except SimulationError as e:
-        fail(f"{config}: {e.field}: {e.message}")
+        with input_errors(config):
+            records = run_sweep(exp, out_dir, workers=workers, backend=backend,
+                                address=address, resume=resume, progress=progress)
     finally:
         if bar is not None:
             bar.stop()
@@ -255,12 +259,14 @@ def validate(
     """Check a config (and its overrides and variants) without running it."""
     exp = load(config, set_)
     for name, cfg in exp.variants.items():
-        try:
-            cfg.workload.build(cfg.guest.vcpus, cfg.seed, cfg.guest.memory, cfg.engine.chunk)
-        except TraceError as e:
-            fail(f"{e.path}: {e.message} (workload.path in {config})")
-        except WorkloadError as e:
-            fail(f"{config}: workload: {e}")
+        with input_errors(config):
+            if cfg.workload is not None:
+                cfg.workload.build(cfg.guest.vcpus, cfg.seed, cfg.guest.memory,
+                                   cfg.engine.chunk)
+            for g in cfg.guests:
+                g.workload.build(g.vcpus, cfg.seed, g.memory, cfg.engine.chunk)
+            if cfg.host.workload is not None:
+                cfg.host.workload.build(cfg.host.cpus, cfg.seed, 1 << 62, cfg.engine.chunk)
     typer.echo(f"{config}: ok ({len(exp.variants)} variant(s): {', '.join(exp.variants)})")
 
 

@@ -394,13 +394,7 @@ class GuestVM(VM):
             op_cycles = m.op_costs.cycles(rep)
             m.apply_tlbis(self.vmid, self.geom.page_shift, rep)
         m.account_op(ctx.ctr, rep)
-        yield env.timeout(costs.lock + op_cycles)
-        self.lock.release()
-        # The return to the guest takes the rest of the entry/exit cost; it is charged with
-        # the context's next quantum (it does nothing observable meanwhile).
-        exit_cycles = costs.fault_entry_exit - costs.fault_entry_exit // 2
-        ctx.debt += exit_cycles
-        ctx.ctr.add("fault_cycles", env.now - t0 + exit_cycles)
+        yield from m.end_fault(ctx, self.lock, t0, op_cycles)
 
 
 def _size(text: str) -> int:
@@ -487,6 +481,18 @@ class Machine:
         if rep.warnings:
             raise SimulationError("engine", f"page-table refcount inconsistency ({rep.warnings} "
                                   "kernel WARN()s)")
+
+    def end_fault(self, ctx: Context, lock: Lock, t0: int, op_cycles: int):
+        """The common end of a fault handler: the work under the lock, the release, and the
+        return to the interrupted context. The return takes the second half of the
+        entry/exit cost; it is charged with the context's next quantum (the context does
+        nothing observable meanwhile)."""
+        costs = self.cfg.costs
+        yield self.env.timeout(costs.lock + op_cycles)
+        lock.release()
+        exit_cycles = costs.fault_entry_exit - costs.fault_entry_exit // 2
+        ctx.debt += exit_cycles
+        ctx.ctr.add("fault_cycles", self.env.now - t0 + exit_cycles)
 
     # -- context processes ---------------------------------------------------------------
     def context_process(self, ctx: Context):

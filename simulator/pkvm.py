@@ -104,11 +104,7 @@ class HostVM(VM):
                 op_cycles += m.op_costs.cycles(rep)
                 m.apply_tlbis(0, self.geom.page_shift, rep)
                 m.account_op(ctx.ctr, rep)
-        yield env.timeout(costs.lock + op_cycles)
-        self.lock.release()
-        exit_cycles = costs.fault_entry_exit - costs.fault_entry_exit // 2
-        ctx.debt += exit_cycles
-        ctx.ctr.add("fault_cycles", env.now - t0 + exit_cycles)
+        yield from m.end_fault(ctx, self.lock, t0, op_cycles)
 
 
 class PkvmMachine(Machine):

@@ -674,6 +674,21 @@ def _visit_leaf(op, row, idx, level, ctx_addr, start, end, old, phys, attr, owne
 
 
 @jit
+def _zap_table(row, idx, level, ctx_addr, old, child, ttl, tables, refcnt, free, meta, base_pa,
+               page_shift, rule, stat, rep, tlog):
+    """Clear the table entry at (row, idx), invalidate its IPA (level hint ``ttl``), drop
+    its count and free the child page with whatever default leaves it still holds
+    (stage2_unmap_put_pte() / stage2_put_pte() followed by put_page(childp))."""
+    _store(tables, row, idx, U(0), level, stat, rep)
+    _tlbi(tlog, rep, TLBI_IPA, np.int64(ctx_addr & ~U((1 << page_shift) - 1)),
+          np.int64(1) << page_shift, ttl)
+    if is_counted(old, level, rule):
+        pt_put(row, refcnt, free, meta, rep)
+    free_subtree(child, level + 1, tables, refcnt, free, meta, base_pa, page_shift, rule, stat,
+                 rep)
+
+
+@jit
 def _visit_post(op, row, idx, level, ctx_addr, old, tables, refcnt, free, meta, base_pa,
                 page_shift, flags, rule, stat, rep, tlog):
     """The TABLE_POST callback (after the walk has finished the child table)."""
@@ -684,13 +699,8 @@ def _visit_post(op, row, idx, level, ctx_addr, old, tables, refcnt, free, meta, 
         # in the kernel (the host refaults them lazily); free_subtree() accounts for them.
         if refcnt[child] != 1:
             return 0
-        _store(tables, row, idx, U(0), level, stat, rep)
-        _tlbi(tlog, rep, TLBI_IPA, np.int64(ctx_addr & ~U((1 << page_shift) - 1)),
-              np.int64(1) << page_shift, TTL_UNKNOWN)
-        if is_counted(old, level, rule):
-            pt_put(row, refcnt, free, meta, rep)
-        free_subtree(child, level + 1, tables, refcnt, free, meta, base_pa, page_shift, rule,
-                     stat, rep)
+        _zap_table(row, idx, level, ctx_addr, old, child, TTL_UNKNOWN, tables, refcnt, free,
+                   meta, base_pa, page_shift, rule, stat, rep, tlog)
         return 0
     if op == OP_DESTROY:
         if is_counted(old, level, rule):
@@ -706,13 +716,8 @@ def _visit_post(op, row, idx, level, ctx_addr, old, tables, refcnt, free, meta, 
         min_block = 1 if page_shift == 12 else 2
         if level < min_block or refcnt[child] != 1:
             return 0
-        _store(tables, row, idx, U(0), level, stat, rep)
-        _tlbi(tlog, rep, TLBI_IPA, np.int64(ctx_addr & ~U((1 << page_shift) - 1)),
-              np.int64(1) << page_shift, level)
-        if is_counted(old, level, rule):
-            pt_put(row, refcnt, free, meta, rep)
-        free_subtree(child, level + 1, tables, refcnt, free, meta, base_pa, page_shift, rule,
-                     stat, rep)
+        _zap_table(row, idx, level, ctx_addr, old, child, level, tables, refcnt, free, meta,
+                   base_pa, page_shift, rule, stat, rep, tlog)
         rep[R_ZAPPED] += 1
         return 0
     return 0
