@@ -229,8 +229,10 @@ def test_validate_reports_ok_and_variants(tmp_path):
     assert "2 variant(s): a, b" in r.stdout
 
 
-def test_quickstart_config_validates():
-    r = run_cli("validate", str(Path(__file__).parents[1] / "configs" / "quickstart.yaml"))
+@pytest.mark.parametrize("config", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_every_bundled_config_validates(config):
+    r = run_cli("validate", str(config))
     assert r.returncode == 0, r.stderr
 
 
