@@ -248,7 +248,10 @@ def sweep(
     finally:
         if bar is not None:
             bar.stop()
-    typer.echo(f"{len(records)} results in {out_dir}/results.jsonl and {out_dir}/sweep.csv")
+    skipped = sum(1 for r in records if "skipped" in r)
+    note = f" ({skipped} invalid points skipped)" if skipped else ""
+    typer.echo(f"{len(records) - skipped} results{note} in {out_dir}/results.jsonl and "
+               f"{out_dir}/sweep.csv")
 
 
 @app.command()

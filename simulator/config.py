@@ -347,6 +347,10 @@ class ExperimentConfig(_Model):
         default_factory=dict, description="Dotted key -> list of values; `mmusim sweep` runs "
         "the cross product (x every variant); `mmusim run` uses the file's own values.")
 
+    sweep_skip_invalid: bool = Field(
+        default=False, description="Record sweep points whose configuration is invalid (e.g. "
+        "packed2 with 64K pages) as skipped instead of stopping the sweep.")
+
     @field_validator("sweep")
     @classmethod
     def _sweep_lists(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
@@ -392,12 +396,16 @@ class ExperimentConfig(_Model):
         if unit < geom.page_size or unit & (unit - 1):
             raise ValueError("guest.placement_unit: must be a power of two of at least the "
                              "page size")
-        if self.guest.mapping != "largest":
-            size = parse_size(self.guest.mapping)
-            if size not in geom.leaf_sizes().values():
-                sizes = ", ".join(format_size(s) for s in geom.leaf_sizes().values())
-                raise ValueError(f"guest.mapping: {self.guest.mapping} is not a mapping size of "
-                                 f"the {self.machine.granule} granule ({sizes})")
+        # the guests that run: the kvm guest, or each pkvm guest
+        runs = ([("guest", self.guest)] if self.hyp.mode == "kvm" else
+                [(f"guests[{i}]", g) for i, g in enumerate(self.guests)])
+        for where, g in runs:
+            if g.mapping != "largest":
+                size = parse_size(g.mapping)
+                if size not in geom.leaf_sizes().values():
+                    sizes = ", ".join(format_size(s) for s in geom.leaf_sizes().values())
+                    raise ValueError(f"{where}.mapping: {g.mapping} is not a mapping size of "
+                                     f"the {self.machine.granule} granule ({sizes})")
         for lv in self.tlb.levels:
             for ps in lv.page_sizes or []:
                 if ps not in geom.leaf_sizes().values():

@@ -30,7 +30,8 @@ class Task:
     point: dict[str, Any]
     variant: str
     seed: int
-    config: dict  # the raw configuration of this point and variant, validated
+    config: dict | None  # the configuration of this point and variant, validated
+    skipped: str | None = None  # why an invalid point was skipped (sweep_skip_invalid)
 
     @property
     def key(self) -> str:
@@ -59,7 +60,14 @@ def expand(exp: Experiment) -> list[Task]:
     for point in points or [{}]:
         seed = derive_seed(exp.config.seed, point)
         for vname in exp.variants:
-            cfg = exp.variant_config(vname, point, seed)
+            try:
+                cfg = exp.variant_config(vname, point, seed)
+            except ConfigError as e:
+                if not exp.config.sweep_skip_invalid:
+                    raise
+                tasks.append(Task(len(tasks), point, vname, seed, None,
+                                  f"{e.field}: {e.message}"))
+                continue
             tasks.append(Task(len(tasks), point, vname, seed, cfg.model_dump(mode="json")))
     return tasks
 
@@ -190,6 +198,13 @@ def run_sweep(exp: Experiment, out: Path, *, workers: int | None = None, backend
     else:
         done = {}
         jsonl.write_text("")
+    with open(jsonl, "a") as f:
+        for t in tasks:
+            if t.skipped is not None and t.key not in done:
+                rec = {"point": t.point, "variant": t.variant, "seed": t.seed,
+                       "skipped": t.skipped}
+                f.write(json.dumps(rec, sort_keys=True) + "\n")
+                done[t.key] = rec
     todo = [t for t in tasks if t.key not in done]
     workers = workers or os.cpu_count() or 1
     payloads = [_payload(t) for t in todo]
@@ -219,6 +234,7 @@ def run_sweep(exp: Experiment, out: Path, *, workers: int | None = None, backend
 
 def aggregate_rows(exp: Experiment, records: list[dict]) -> tuple[list[str], list[list]]:
     keys = list(exp.config.sweep)
+    records = [r for r in records if "skipped" not in r]
     counters = sorted({k for r in records for k in r["counters"]})
     header = [*keys, "variant", "seed", "sim_cycles", "sim_seconds", *counters]
     rows = []

@@ -264,3 +264,19 @@ def test_sweep_bad_backend_and_bad_point(sweep_cfg, tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("error: ")
     assert "guest.vcpus" in r.stderr and "sweep point" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_sweep_skips_invalid_points_only_when_asked(tmp_path):
+    cfg = copy.deepcopy(SWEEP)
+    cfg["sweep"] = {"guest.vcpus": [1, 0]}  # vcpus 0 is invalid
+    cfg["variants"] = {}
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(Exception, match="guest.vcpus"):
+        expand(Experiment(p))
+    cfg["sweep_skip_invalid"] = True
+    p.write_text(yaml.safe_dump(cfg))
+    recs = run_sweep(Experiment(p), tmp_path / "o", workers=1)
+    assert [("skipped" in r) for r in recs] == [False, True]
+    assert "guest.vcpus" in recs[1]["skipped"]
+    assert len((tmp_path / "o" / "sweep.csv").read_text().splitlines()) == 2
