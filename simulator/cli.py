@@ -274,7 +274,24 @@ def validate(
 
 
 def main() -> None:
-    app()
+    """The console entry point: usage errors (an unknown option, a missing argument) also
+    become one ``error:`` line with exit status 2."""
+    if len(sys.argv) <= 1:
+        app()  # no arguments: the help
+        return
+    try:
+        rc = app(standalone_mode=False)
+    except Exception as e:  # typer vendors click: match its exceptions by class name
+        names = {c.__name__ for c in type(e).__mro__}
+        if "UsageError" in names:
+            ctx = getattr(e, "ctx", None)
+            where = f"{ctx.command_path}: " if ctx is not None else ""
+            sys.stderr.write(f"error: {where}{e.format_message()}\n")
+            raise SystemExit(2) from None
+        if "Abort" in names:
+            raise SystemExit(1) from None
+        raise
+    raise SystemExit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

@@ -138,3 +138,16 @@ def test_unwritable_output_directory(tmp_path):
     blocker.write_text("x")
     r = run(["run", str(path), "--out", str(blocker / "sub"), "--quiet"], tmp_path)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["run", "configs/quickstart.yaml", "--bogus"], "No such option: --bogus"),
+    (["run"], "Missing argument"),
+    (["frobnicate"], "No such command"),
+    (["sweep", "configs/quickstart.yaml", "--workers", "many"], "--workers"),
+])
+def test_usage_errors_are_one_error_line(args, fragment):
+    r = run(args, Path(__file__).parents[1])
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], r.stderr
