@@ -559,10 +559,14 @@ class Machine:
         if self.progress is not None:
             self.env.process(self._progress_process(self.cfg.engine.quantum_cycles * 50))
         self.env.run(until=simpy.AllOf(self.env, procs))
+        self.finish()
         host = time.perf_counter() - t0
         if self.progress is not None:
             self.progress(self.done_accesses, self.done_accesses)
         return self.results(host)
+
+    def finish(self) -> None:
+        """Called once every process has ended, before the results are gathered."""
 
     # -- results -------------------------------------------------------------------------
     def results(self, host_seconds: float) -> dict:
