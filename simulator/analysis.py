@@ -43,42 +43,75 @@ def load_results(path: str | Path) -> dict:
 # derived metrics
 
 
-def tlb_levels(counters: dict) -> list[str]:
-    """TLB level names present in ``counters``, in probe order when known."""
-    names = []
+def scope(counters: dict) -> str:
+    """The prefix of the main translation counters: "" (kvm mode: the guest's vCPUs) or
+    "host." (pkvm mode: the host CPUs; guests are under "guest.<name>.")."""
+    if "accesses" not in counters and "host.accesses" in counters:
+        return "host."
+    return ""
+
+
+def scopes(counters: dict) -> list[str]:
+    """Every prefix that has translation counters: the main one first, then each guest's."""
+    main = scope(counters)
+    out = [main]
     for k in counters:
-        if k.startswith("tlb.") and k.endswith(".misses"):
-            names.append(k[4:-7])
+        if k.startswith("guest.") and k.endswith(".accesses") and k.count(".") == 2:
+            out.append(k[: -len("accesses")])
+    return out
+
+
+def tlb_levels(counters: dict, prefix: str = "") -> list[str]:
+    """TLB level names present in ``counters`` under ``prefix``, in the order they appear."""
+    names = []
+    head = prefix + "tlb."
+    for k in counters:
+        if k.startswith(head) and k.endswith(".misses") and k.count(".") == head.count(".") + 1:
+            names.append(k[len(head):-7])
     return names
 
 
-def metrics(v: dict) -> dict[str, float]:
-    """The default figures of a variant: misses per 1000 accesses per TLB level, walks per
-    access, faults, cycles per access, and the leaf-level mix of translations."""
+def _scope_metrics(v: dict, p: str) -> dict[str, float]:
     c = v["counters"]
-    acc = c.get("accesses", 0) or 0
+    acc = c.get(p + "accesses", 0) or 0
     out: dict[str, float] = {}
-    for lvl in tlb_levels(c):
-        out[f"tlb.{lvl}.mpka"] = 1000 * c[f"tlb.{lvl}.misses"] / acc if acc else math.nan
-    out["walks/access"] = c.get("walks", 0) / acc if acc else math.nan
-    out["translation_faults"] = c.get("translation_faults", 0)
-    out["permission_faults"] = c.get("permission_faults", 0)
-    cycles = c.get("cycles", v.get("sim_cycles", 0))
-    out["cycles/access"] = cycles / acc if acc else math.nan
+    for lvl in tlb_levels(c, p):
+        out[f"{p}tlb.{lvl}.mpka"] = 1000 * c[f"{p}tlb.{lvl}.misses"] / acc if acc else math.nan
+    out[p + "walks/access"] = c.get(p + "walks", 0) / acc if acc else math.nan
+    if p:
+        out[p + "aborts"] = c.get(p + "aborts", c.get(p + "translation_faults", 0))
+    else:
+        out["translation_faults"] = c.get("translation_faults", 0)
+        out["permission_faults"] = c.get("permission_faults", 0)
+    cycles = c.get(p + "cycles", v.get("sim_cycles", 0))
+    out[p + "cycles/access"] = cycles / acc if acc else math.nan
+    total = sum(c.get(f"{p}xlate.l{i}", 0) for i in (1, 2, 3))
+    for i in (1, 2, 3):
+        out[f"{p}mix.l{i}"] = c.get(f"{p}xlate.l{i}", 0) / total if total else 0.0
+    for i in (1, 2, 3):
+        out[f"{p}mappings.l{i}"] = c.get(f"{p}mappings.l{i}", 0)
+    return out
+
+
+def metrics(v: dict, every_scope: bool = False) -> dict[str, float]:
+    """The default figures of a variant: misses per 1000 accesses per TLB level, walks per
+    access, faults (host aborts in pkvm mode), cycles per access, the leaf-level mix of
+    translations and the live mappings by level, for the main scope (see :func:`scope`);
+    with ``every_scope`` also for each guest of a pkvm run (``guest.<name>.tlb.l2.mpka``)."""
+    c = v["counters"]
+    names = scopes(c) if every_scope else [scope(c)]
+    out: dict[str, float] = {}
+    for p in names:
+        out.update(_scope_metrics(v, p))
     out["sim_seconds"] = v.get("sim_seconds", math.nan)
-    total = sum(c.get(f"xlate.l{i}", 0) for i in (1, 2, 3))
-    for i in (1, 2, 3):
-        out[f"mix.l{i}"] = c.get(f"xlate.l{i}", 0) / total if total else 0.0
-    for i in (1, 2, 3):
-        out[f"mappings.l{i}"] = c.get(f"mappings.l{i}", 0)
     return out
 
 
 def values(v: dict, names: list[str] | None) -> dict[str, float]:
     """Default metrics, or the named counters/metrics."""
-    m = metrics(v)
     if not names:
-        return m
+        return metrics(v)
+    m = metrics(v, every_scope=True)
     out = {}
     for n in names:
         if n in m:
@@ -162,7 +195,7 @@ def plot(columns: list[Column], names: list[str] | None, path: str | Path, title
     import numpy as np
 
     vals = [values(c.variant, names) for c in columns]
-    keys = [k for k in vals[0] if not k.startswith("mix.") and not k.startswith("mappings.")]
+    keys = [k for k in vals[0] if "mix.l" not in k and "mappings.l" not in k]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(keys) + 4), 4.5),
                                    gridspec_kw={"width_ratios": [3, 1]})
     width = 0.8 / max(1, len(columns))
@@ -178,7 +211,8 @@ def plot(columns: list[Column], names: list[str] | None, path: str | Path, title
     ax1.set_title(title)
     bottoms = np.zeros(len(columns))
     for lvl, color in ((3, "#4c72b0"), (2, "#dd8452"), (1, "#55a868")):
-        fr = np.array([metrics(c.variant)[f"mix.l{lvl}"] for c in columns])
+        fr = np.array([metrics(c.variant)[f"{scope(c.variant['counters'])}mix.l{lvl}"]
+                       for c in columns])
         ax2.bar([c.label for c in columns], fr, bottom=bottoms, color=color, label=f"L{lvl} leaf")
         bottoms += fr
     ax2.set_ylim(0, 1)

@@ -307,6 +307,11 @@ class GuestSpecConfig(GuestConfig):
                         "contiguous runs of this size.")
     balloon: list[BalloonConfig] = Field(default_factory=list, description="Memory the guest "
                                          "relinquishes at run time.")
+    shared: Size = Field(default=0, description="The top part of the guest's memory that the "
+                         "host shares with it (host_share_guest: the host keeps the pages and "
+                         "may touch them; page states SHARED_OWNED / SHARED_BORROWED in the "
+                         "software bits) instead of donating it. Equal to memory: a "
+                         "non-protected guest. A multiple of chunk.")
 
 
 # ---------------------------------------------------------------------------------------
@@ -319,6 +324,10 @@ class EngineConfig(_Model):
     mmu_lock: Literal["exclusive", "shared"] = Field(
         default="shared", description="Fault-path MMU lock: 'exclusive' (Linux 5.11 spinlock: "
         "faults serialized) or 'shared' (6.2+: read lock on the fault path, writers exclusive).")
+    timeslice: Duration = Field(default="750us", description="On a CPU shared by several "
+                                "contexts (pkvm: the host task and guest vCPUs), how long one "
+                                "holds it while others wait (EEVDF's base slice, "
+                                "sysctl_sched_base_slice, before its scaling by CPU count).")
     max_cycles: int | None = Field(default=None, gt=0, description="Stop the run at this "
                                    "simulated time (cycles).")
     chunk: int = Field(default=1 << 16, ge=1024, description="Accesses generated per chunk.")
@@ -443,6 +452,11 @@ class ExperimentConfig(_Model):
                                  "divides the guest memory")
             if g.memory > 1 << self.machine.ipa_bits:
                 raise ValueError(f"guests[{i}].memory: does not fit machine.ipa_bits")
+            if g.shared > g.memory or g.shared % g.chunk:
+                raise ValueError(f"guests[{i}].shared: a multiple of chunk "
+                                 f"({format_size(g.chunk)}) no larger than memory")
+        if len(self.guests) > 125:
+            raise ValueError("guests: at most 125 (owner ids are 7 bits: 0 host, 1 hyp)")
 
     @property
     def geometry(self) -> Geometry:

@@ -209,6 +209,9 @@ class Cpu:
         self.tlb = tlb
         self.wc = wc
         self.clock = np.zeros(1, dtype=np.int64)
+        # a CPU that several contexts share (pkvm: the host task and guest vCPUs) is a
+        # simpy.Resource they hold for a time slice each; None: one context, never contended
+        self.slot = None
 
 
 class Context:
@@ -286,6 +289,9 @@ class GuestVM(VM):
         # pkvm: guest memory is host memory donated in chunks; chunk k backs IPA k * chunk
         self.chunk = chunk
         self.chunks: list[int | None] = []
+        # pkvm: guest IPAs from here up are host memory shared with the guest (not donated);
+        # its stage-2 maps them with the SHARED_BORROWED state in their software bits
+        self.shared_from: int | None = None
         self.alive = True
 
     def placement(self, addrs: np.ndarray, kinds: np.ndarray, ctx: Context):
@@ -295,6 +301,22 @@ class GuestVM(VM):
         if self.chunk is None:
             return self.pa_base + ipa
         return self.chunks[ipa // self.chunk] + ipa % self.chunk
+
+    def sw_of(self, ipa: int) -> int:
+        """The pKVM page state a mapping at ``ipa`` carries in its software bits."""
+        if self.shared_from is not None and ipa >= self.shared_from:
+            return 2  # PKVM_PAGE_SHARED_BORROWED (SW1)
+        return 0
+
+    def _premap_ranges(self):
+        """Memslots cut at the shared boundary: (base, size) runs of one page state."""
+        for base, size in self.slots:
+            cut = self.shared_from
+            if cut is not None and base < cut < base + size:
+                yield base, cut - base
+                yield cut, base + size - cut
+            else:
+                yield base, size
 
     def slot_of(self, ipa: int) -> tuple[int, int] | None:
         for base, size in self.slots:
@@ -330,19 +352,24 @@ class GuestVM(VM):
     def premap(self) -> None:
         """Map all guest memory before time 0, with the blocks the fault handler would use."""
         g = self.geom
-        for base, size in self.slots:
+        for base, size in self._premap_ranges():
             want = self.mapping if self.mapping is not None else self.backing
-            step = max(want, g.page_size)
             prot = self.prot_for(FETCH if self.machine.cfg.machine.dic else 0)
-            if step == g.page_size:
-                rep = self.s2.map(base, size, self.pa_of(base), prot, force_pte=True)
-            elif step >= g.size(g.block_levels()[0]):
-                rep = self.s2.map(base, size, self.pa_of(base), prot)
+            sw = self.sw_of(base)
+            force_pte = want <= g.page_size
+            # one map call over the slot, or (blocks smaller than the largest, or donated
+            # chunks that are not physically contiguous) one per mapping size / chunk
+            if self.chunk is not None:
+                step = self.chunk if force_pte else min(want, self.chunk)
+            elif force_pte or want >= g.size(g.block_levels()[0]):
+                step = size
             else:
-                # blocks no larger than the mapping size: map in steps of it
-                for off in range(0, size, step):
-                    rep = self.s2.map(base + off, min(step, size - off), self.pa_of(base + off),
-                                      prot)
+                step = want
+            for off in range(0, size, step):
+                rep = self.s2.map(base + off, min(step, size - off), self.pa_of(base + off),
+                                  prot, force_pte=force_pte, sw=sw)
+                if rep.ret != 0:
+                    break
             if rep.ret != 0:
                 raise SimulationError("guest.premap", f"mapping failed ({rep.ret})")
 
@@ -377,7 +404,7 @@ class GuestVM(VM):
             bs = self.block_for(ipa, slot)
             start = ipa & ~(bs - 1)
             rep = self.s2.map(start, bs, self.pa_of(start), self.prot_for(kind),
-                              handle_fault=True)
+                              handle_fault=True, sw=self.sw_of(start))
             if rep.ret == -P.ENOMEM:
                 # the fault returns -ENOMEM to its caller, which tops up and re-enters the
                 # guest: the access faults again. Only a pool that never refills stops the run.
@@ -496,37 +523,58 @@ class Machine:
 
     # -- context processes ---------------------------------------------------------------
     def context_process(self, ctx: Context):
+        """Run a context's stream quantum by quantum, handling its faults. On a shared CPU
+        the context holds the CPU for up to ``engine.timeslice`` while others wait, then
+        yields it (the scheduler's round robin); its own fault handling runs on that CPU."""
         env = self.env
         quantum = self.cfg.engine.quantum_cycles
         max_cycles = self.cfg.engine.max_cycles
+        timeslice = to_cycles(self.cfg.engine.timeslice, self.cfg.machine.clock_ghz)
         vm = ctx.vm
-        for addrs, kinds in ctx.stream:
-            addrs, kinds = vm.placement(addrs, kinds, ctx)
-            n = len(addrs)
-            i = 0
-            while i < n:
-                if ctx.stopped or (max_cycles is not None and env.now >= max_cycles):
-                    ctx.done_at = env.now
-                    return
-                before = i
-                i, used, status = ctx.mmu.run(vm.s2, addrs, kinds, i, n, quantum)
-                self.done_accesses += i - before
-                used += ctx.debt
+        slot = ctx.cpu.slot
+        held = None
+        since = 0
+        try:
+            for addrs, kinds in ctx.stream:
+                addrs, kinds = vm.placement(addrs, kinds, ctx)
+                n = len(addrs)
+                i = 0
+                while i < n:
+                    if ctx.stopped or (max_cycles is not None and env.now >= max_cycles):
+                        ctx.done_at = env.now
+                        return
+                    if slot is not None and held is None:
+                        t0 = env.now
+                        held = slot.request()
+                        yield held
+                        since = env.now
+                        ctx.ctr.add("sched.wait_cycles", since - t0)
+                        ctx.ctr.add("sched.slices")
+                    before = i
+                    i, used, status = ctx.mmu.run(vm.s2, addrs, kinds, i, n, quantum)
+                    self.done_accesses += i - before
+                    used += ctx.debt
+                    ctx.debt = 0
+                    if used:
+                        yield env.timeout(used)
+                    if status == B_FAULT:
+                        f = ctx.mmu.fault
+                        ipa = int(f[F_IPA]) & D.MASK64
+                        self._check_progress(ctx, i, ipa, before)
+                        yield from vm.handle_fault(ctx, int(f[F_STATUS]), ipa, int(f[F_KIND]))
+                        if ctx.skip:
+                            ctx.skip = False
+                            i += 1
+                    if held is not None and slot.queue and env.now - since >= timeslice:
+                        slot.release(held)
+                        held = None
+            if ctx.debt:
+                yield env.timeout(ctx.debt)
                 ctx.debt = 0
-                if used:
-                    yield env.timeout(used)
-                if status == B_FAULT:
-                    f = ctx.mmu.fault
-                    ipa = int(f[F_IPA]) & D.MASK64
-                    self._check_progress(ctx, i, ipa, before)
-                    yield from vm.handle_fault(ctx, int(f[F_STATUS]), ipa, int(f[F_KIND]))
-                    if ctx.skip:
-                        ctx.skip = False
-                        i += 1
-        if ctx.debt:
-            yield env.timeout(ctx.debt)
-            ctx.debt = 0
-        ctx.done_at = env.now
+            ctx.done_at = env.now
+        finally:
+            if held is not None:
+                slot.release(held)
 
     @staticmethod
     def _check_progress(ctx: Context, index: int, ipa: int, before: int) -> None:

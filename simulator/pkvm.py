@@ -67,7 +67,7 @@ class HostVM(VM):
             return pa, kinds
         pages = ((pa - np.uint64(self.phys.lo)) >> np.uint64(self.geom.page_shift)).astype(np.int64)
         inside = (pa >= np.uint64(self.phys.lo)) & (pa < np.uint64(self.phys.hi))
-        keep = ~inside | (self.phys.owner[np.where(inside, pages, 0)] == OWNER_HOST)
+        keep = ~inside | self.phys.host_may_access(np.where(inside, pages, 0))
         dropped = int(len(keep) - np.count_nonzero(keep))
         if dropped:
             ctx.ctr.add("skipped_accesses", dropped)
@@ -140,7 +140,8 @@ class PkvmMachine(Machine):
         self.host = HostVM(self, self.hs2, self.phys)
         self.lock = self.host.lock
         for _ in range(cfg.host.cpus):
-            self.new_cpu(g)
+            # the host task and the guest vCPUs placed there take turns on the CPU
+            self.new_cpu(g).slot = simpy.Resource(self.env, capacity=1)
         if cfg.host.workload is not None:
             if cfg.host.address_space == "memory":
                 mem = self.phys.memory_bytes()
@@ -172,42 +173,69 @@ class PkvmMachine(Machine):
         self.vmids_in_use.add(vmid)
         return vmid
 
-    def hypercall_op(self, ctx_ctr: Counters, pa: int, size: int, owner: int):
-        """One donation or reclaim: host_stage2_set_owner_locked() under the host lock, a
-        hypercall per page. A generator; returns the OpReport."""
+    def hypercall_op(self, ctx_ctr: Counters, pa: int, size: int, kind: str, who: int):
+        """One ownership change of ``size`` bytes at ``pa`` under the host lock, a hypercall
+        per page: ``donate`` (to ``who``), ``reclaim`` (back to the host), ``share`` (with
+        guest ``who``, the host keeping it) or ``unshare``. A generator; returns the
+        OpReport."""
         env = self.env
         # the hypercalls' entry and exit (one per page) run outside the host lock; the
         # ownership change itself runs under it
         pages = size >> self.host_geom.page_shift
         yield env.timeout(pages * self.cfg.costs.hypercall)
         yield from acquire(self.host.lock, ctx_ctr, env)
+        hs2, phys = self.hs2, self.phys
         try:
-            rep = self.hs2.set_owner(pa, size, owner)
+            if kind == "donate":
+                rep = hs2.set_owner(pa, size, who)
+                phys.set_owner(pa, size, who)
+            elif kind == "reclaim":
+                rep = hs2.set_owner(pa, size, OWNER_HOST)
+                phys.set_owner(pa, size, OWNER_HOST)
+            elif kind == "share":
+                rep = hs2.share_guest(pa, size)
+                phys.share(pa, size, who)
+            else:
+                rep = hs2.unshare_guest(pa, size)
+                phys.set_owner(pa, size, OWNER_HOST)
         except HypBugError as e:
             raise SimulationError("hyp.vmemmap_layout", str(e)) from None
         if rep.ret:
-            raise SimulationError("hyp", f"set_owner of {pa:#x} failed ({rep.ret})")
-        self.phys.set_owner(pa, size, owner)
+            raise SimulationError("hyp", f"{kind} of {pa:#x} failed ({rep.ret})")
         self.apply_tlbis(0, self.host_geom.page_shift, rep)
         self.account_op(ctx_ctr, rep)
         yield env.timeout(self.op_costs.cycles(rep) + self.cfg.costs.lock)
         self.host.lock.release()
         return rep
 
+    def is_shared(self, gvm: GuestVM, k: int) -> bool:
+        return gvm.shared_from is not None and k * gvm.chunk >= gvm.shared_from
+
     def donate_chunk(self, gvm: GuestVM, k: int, ctr: Counters):
+        """Back chunk ``k`` of the guest: donated, or shared by the host for the guest's
+        shared part (``guests[].shared``)."""
         got = self.phys.alloc_chunks(1, gvm.chunk)
         if got is None:
             raise SimulationError(f"guests.{gvm.name}.memory", "host memory exhausted")
-        yield from self.hypercall_op(ctr, got[0], gvm.chunk, gvm.owner_id)
+        shared = self.is_shared(gvm, k)
+        yield from self.hypercall_op(ctr, got[0], gvm.chunk, "share" if shared else "donate",
+                                     gvm.owner_id)
         gvm.chunks[k] = got[0]
-        self.machine_ctr.add("donate.pages", gvm.chunk >> self.host_geom.page_shift)
+        pages = gvm.chunk >> self.host_geom.page_shift
+        self.machine_ctr.add("share.pages" if shared else "donate.pages", pages)
 
     def reclaim_chunk(self, gvm: GuestVM, k: int, ctr: Counters):
+        """Give chunk ``k`` back to the host: reclaim a donated chunk, unshare a shared one."""
         pa = gvm.chunks[k]
         gvm.chunks[k] = None  # taken out first: nobody else reclaims it meanwhile
-        rep = yield from self.hypercall_op(ctr, pa, gvm.chunk, OWNER_HOST)
+        pages = gvm.chunk >> self.host_geom.page_shift
+        if self.is_shared(gvm, k):
+            yield from self.hypercall_op(ctr, pa, gvm.chunk, "unshare", gvm.owner_id)
+            self.machine_ctr.add("unshare.pages", pages)
+            return
+        rep = yield from self.hypercall_op(ctr, pa, gvm.chunk, "reclaim", OWNER_HOST)
         self.phys.give_back(pa, gvm.chunk)
-        self.machine_ctr.add("reclaim.pages", gvm.chunk >> self.host_geom.page_shift)
+        self.machine_ctr.add("reclaim.pages", pages)
         self.machine_ctr.add("coalesce.tables_zapped", rep.zapped)
         self.machine_ctr.add("pgtable.pages_returned", rep.tables_freed)
 
@@ -227,6 +255,8 @@ class PkvmMachine(Machine):
         self.guests.append(gvm)
         nchunks = spec.memory // spec.chunk
         gvm.chunks = [None] * nchunks
+        if spec.shared:
+            gvm.shared_from = spec.memory - spec.shared
         t0 = env.now
         for c in range(nchunks):
             yield from self.donate_chunk(gvm, c, ctr)
@@ -354,7 +384,7 @@ class PkvmMachine(Machine):
         for lvl in (1, 2, 3):
             total[f"host.mappings.l{lvl}"] = leaves[lvl]
         for key in ("coalesce.tables_zapped", "pgtable.pages_returned", "teardown.cycles",
-                    "reclaim.pages", "host.aborts", "host.illegal_accesses", "tlbi.entries"):
+                    "reclaim.pages", "donate.pages", "share.pages", "unshare.pages", "host.aborts", "host.illegal_accesses", "tlbi.entries"):
             total.setdefault(key, 0)
         # the hyp allocator and its metadata (seed 002)
         regions = [(r.base, r.size) for r in self.phys.memory]

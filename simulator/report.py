@@ -12,6 +12,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from simulator.analysis import scope, tlb_levels
+
 # Counters shown in the summary table (when present), in this order.
 SUMMARY = [
     "accesses",
@@ -27,6 +29,10 @@ SUMMARY = [
     "fault_cycles",
     "lock_wait_cycles",
 ]
+# pkvm mode: the host's are the main counters ("host." + the above), and these
+PKVM_SUMMARY = ["host.aborts", "host.illegal_accesses", "coalesce.tables_zapped",
+                "donate.pages", "reclaim.pages", "share.pages", "guests.torn_down",
+                "isolation.violations"]
 
 
 def atomic_write_files(out: Path, files: dict[str, str]) -> None:
@@ -74,11 +80,6 @@ def write_results(out: Path, results: dict) -> None:
     })
 
 
-def tlb_levels(counters: dict) -> list[str]:
-    return sorted({k.split(".")[1] for k in counters if k.startswith("tlb.") and
-                   k.endswith(".misses")}, key=lambda n: (len(n), n))
-
-
 def summary_table(results: dict) -> Table:
     variants = results["variants"]
     table = Table(title=f"{results['name']} (seed {results['seed']})")
@@ -86,10 +87,12 @@ def summary_table(results: dict) -> Table:
     for name in variants:
         table.add_column(name, justify="right")
     first = next(iter(variants.values()))["counters"]
-    rows = [k for k in SUMMARY if k in first]
-    for lvl in tlb_levels(first):
-        rows[1:1] = []
-        rows.insert(1, f"tlb.{lvl}.misses")
+    p = scope(first)
+    rows = [p + k for k in SUMMARY if p + k in first]
+    for lvl in reversed(tlb_levels(first, p)):
+        rows.insert(1, f"{p}tlb.{lvl}.misses")
+    if p:
+        rows += [k for k in PKVM_SUMMARY if k in first]
     for key in rows:
         table.add_row(key, *(f"{v['counters'].get(key, 0):,}" for v in variants.values()))
     table.add_row("misses/1k accesses (last level)", *(
@@ -100,10 +103,11 @@ def summary_table(results: dict) -> Table:
 
 
 def _mpki(c: dict) -> str:
-    levels = tlb_levels(c)
-    if not levels or not c.get("accesses"):
+    p = scope(c)
+    levels = tlb_levels(c, p)
+    if not levels or not c.get(p + "accesses"):
         return "-"
-    return f"{1000 * c[f'tlb.{levels[-1]}.misses'] / c['accesses']:.2f}"
+    return f"{1000 * c[f'{p}tlb.{levels[-1]}.misses'] / c[p + 'accesses']:.2f}"
 
 
 def print_summary(results: dict, console: Console | None = None) -> None:

@@ -280,3 +280,19 @@ def test_sweep_skips_invalid_points_only_when_asked(tmp_path):
     assert [("skipped" in r) for r in recs] == [False, True]
     assert "guest.vcpus" in recs[1]["skipped"]
     assert len((tmp_path / "o" / "sweep.csv").read_text().splitlines()) == 2
+
+
+def test_pkvm_results_compare_on_the_host_scope_and_name_guest_metrics():
+    from simulator.analysis import metrics, values
+
+    v = {"sim_seconds": 1.0, "sim_cycles": 100, "counters": {
+        "host.accesses": 1000, "host.tlb.l1.misses": 100, "host.tlb.l2.misses": 10,
+        "host.walks": 10, "host.aborts": 4, "host.xlate.l1": 500, "host.xlate.l3": 500,
+        "host.cycles": 5000, "guest.vm1.accesses": 200, "guest.vm1.tlb.l2.misses": 50,
+        "guest.vm1.tlb.l1.misses": 60, "guest.vm1.translation_faults": 7}}
+    m = metrics(v)
+    assert m["host.tlb.l2.mpka"] == 10.0 and m["host.walks/access"] == 0.01
+    assert m["host.aborts"] == 4 and m["host.mix.l3"] == 0.5 and m["host.cycles/access"] == 5
+    assert not any(k.startswith("guest.") for k in m)
+    g = values(v, ["guest.vm1.tlb.l2.mpka", "guest.vm1.aborts"])
+    assert g == {"guest.vm1.tlb.l2.mpka": 250.0, "guest.vm1.aborts": 7}

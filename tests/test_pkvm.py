@@ -10,7 +10,16 @@ from simulator.arch import descriptors as D
 from simulator.arch.geometry import Geometry
 from simulator.config import ConfigError, Experiment
 from simulator.engine import run_config
-from simulator.hyp.host import OWNER_HOST, HostPhys, HostStage2, Region
+from simulator.pkvm import PkvmMachine
+from simulator.hyp.host import (
+    OWNER_HOST,
+    SHARED,
+    STATE_SHARED_BORROWED,
+    STATE_SHARED_OWNED,
+    HostPhys,
+    HostStage2,
+    Region,
+)
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -92,6 +101,59 @@ def test_a_region_with_one_page_still_donated_never_coalesces():
     assert hs2.s2.check_invariants() == []
 
 
+def refcount_of_table(hs2: HostStage2, pa: int) -> int:
+    """The refcount of the level-3 table page that holds ``pa``'s entry."""
+    s2 = hs2.s2
+    for row, level, base in s2.iter_tables():
+        if level == 3 and base <= pa < base + hs2.geom.size(2):
+            return int(s2.mem.refcnt[row])
+    raise AssertionError("no level-3 table")
+
+
+def test_shared_pages_are_counted_page_leaves_with_the_shared_owned_state():
+    hs2 = host(coalesce=True)
+    base = GIB + 64 * MIB
+    hs2.idmap(base)  # a 1 GiB block
+    rep = hs2.share_guest(base, 16 * PAGE)
+    assert rep.ret == 0
+    for i in (0, 15):
+        pte, level = leaf(hs2, base + i * PAGE)
+        d = D.decode(pte, level, 12)
+        assert (level, d.kind, d.sw, d.oa) == (3, "page", STATE_SHARED_OWNED, base + i * PAGE)
+        assert d.w and d.memattr == D.MEMATTR_NORMAL  # the host keeps full access
+    # the host's accesses hit a valid mapping; an abort there is spurious
+    assert hs2.idmap(base).ret == -11
+    # 16 non-default leaves: each holds a reference (seed 000's rule); the rest of the
+    # old block was not rebuilt (it refaults lazily)
+    assert refcount_of_table(hs2, base) == 1 + 16
+    assert hs2.s2.check_invariants() == []
+    # unshare: default leaves again, no longer counted, but a map is not the set_owner path:
+    # the table stays (and keeps the host at page granularity there)
+    rep = hs2.unshare_guest(base, 16 * PAGE)
+    assert rep.ret == 0 and rep.zapped == 0
+    d = D.decode(*leaf(hs2, base), 12)
+    assert (leaf(hs2, base)[1], d.sw) == (3, 0)
+    assert refcount_of_table(hs2, base) == 1
+    assert hs2.s2.check_invariants() == []
+
+
+def test_a_region_with_one_page_still_shared_never_coalesces():
+    hs2 = host(coalesce=True)
+    base = GIB + 64 * MIB
+    hs2.share_guest(base, PAGE)
+    hs2.set_owner(base + PAGE, 2 * MIB - PAGE, 2)
+    rep = hs2.set_owner(base + PAGE, 2 * MIB - PAGE, OWNER_HOST)
+    assert rep.zapped == 0  # the shared leaf keeps the table
+    res = hs2.idmap(base + PAGE)
+    assert res.size == PAGE and leaf(hs2, base + PAGE)[1] == 3
+    # once it is unshared and the region reclaimed again through set_owner, it coalesces
+    hs2.unshare_guest(base, PAGE)
+    rep = hs2.set_owner(base, 2 * MIB, OWNER_HOST)
+    assert rep.zapped >= 1
+    assert hs2.idmap(base).size >= 2 * MIB
+    assert hs2.s2.check_invariants() == []
+
+
 def test_mmio_recycling_when_a_separate_pool_runs_dry():
     phys = HostPhys([Region(GIB, GIB, "memory")] +
                     [Region(64 * GIB + i * 2 * MIB, 64 * 1024, "mmio") for i in range(700)], 12)
@@ -146,6 +208,60 @@ def test_guests_come_and_go_and_every_page_and_table_returns(tmp_path):
     assert c["isolation.violations"] == 0
     assert c["guest.a.accesses"] + c["guest.b.accesses"] > 0
     assert c["coalesce.tables_zapped"] > 0
+
+
+def test_shared_guest_memory_is_open_to_the_host_and_its_guest_only(tmp_path):
+    """Guest a's top 32 MiB is shared, b's memory is all donated. The host's workload covers
+    all memory with respect_ownership: it skips b's and a's donated pages but touches a's
+    shared ones, and no access of anybody is an isolation violation."""
+    work = {"type": "uniform", "accesses": 4000, "footprint": "64MiB"}
+    exp = pkvm_cfg(tmp_path, guests=[
+        {"name": "a", "memory": "64MiB", "shared": "32MiB", "workload": work, "run": "2ms"},
+        {"name": "b", "memory": "64MiB", "workload": work, "start": "40ms"}])
+    m = PkvmMachine(exp.variants["default"])
+    seen = {}
+
+    def spy(gvm, c, ctr, orig=m.reclaim_chunk):  # look at a's stage-2 before teardown
+        if gvm.name == "a" and not seen:
+            for ipa, level, pte in gvm.s2.leaves():
+                seen[ipa] = D.decode(pte, level, 12).sw
+        return orig(gvm, c, ctr)
+
+    m.reclaim_chunk = spy
+    c = m.run()["counters"]
+    half = 32 * MIB // PAGE
+    assert c["share.pages"] == c["unshare.pages"] == half
+    assert c["donate.pages"] == c["reclaim.pages"] == half + 2 * half
+    assert c["isolation.violations"] == 0
+    assert seen and all((sw == STATE_SHARED_BORROWED) == (ipa >= 32 * MIB)
+                        for ipa, sw in seen.items())
+    assert not (m.phys.owner & SHARED)[m.phys.owner != 255].any()  # nothing left shared
+    assert c["hyp.pool.free_pages"] == c["hyp.pool.pages"]
+
+
+def test_isolation_check_allows_a_shared_page_to_host_and_borrower_only():
+    import numpy as np
+
+    from simulator.mmu.batch import VcpuMMU
+    from simulator.mmu.tlb import TLBHierarchy, TLBLevelSpec
+    from simulator.mmu.walk import WalkCache
+
+    hs2 = host(coalesce=False)
+    base = GIB + 64 * MIB
+    hs2.idmap(base)
+    hs2.share_guest(base, PAGE)
+    owner = np.zeros(GIB // PAGE, dtype=np.uint8)
+    results = {}
+    for me, rec in [(0, SHARED | 2), (2, SHARED | 2), (3, SHARED | 2), (3, 2), (0, 2)]:
+        owner[(base - GIB) // PAGE] = rec
+        tlb = TLBHierarchy([TLBLevelSpec("L1", 1, 2, 1, (3,))], 12)
+        mmu = VcpuMMU(tlb, WalkCache(0), vmid=0)
+        mmu.owner, mmu.owner_base, mmu.owner_id = owner, GIB, me
+        mmu.run(hs2.s2, np.array([base + 8], dtype=np.uint64), np.zeros(1, dtype=np.uint8),
+                0, 1, 1 << 40)
+        results[(me, rec)] = mmu.counters()["isolation.violations"]
+    assert results == {(0, SHARED | 2): 0, (2, SHARED | 2): 0, (3, SHARED | 2): 1,
+                       (3, 2): 1, (0, 2): 1}
 
 
 @pytest.mark.parametrize("tlbi,broken", [(True, False), (False, True)])
@@ -207,7 +323,8 @@ WINDOW = GIB + 256 * MIB
 def ownership_steps(draw):
     steps = []
     for _ in range(draw(st.integers(1, 25))):
-        kind = draw(st.sampled_from(["donate", "reclaim", "abort", "reclaim_part"]))
+        kind = draw(st.sampled_from(["donate", "reclaim", "abort", "reclaim_part", "share",
+                                     "unshare"]))
         steps.append((kind, draw(st.integers(0, NCHUNKS - 1)), draw(st.integers(0, 511))))
     return steps
 
@@ -219,41 +336,54 @@ def test_donate_reclaim_abort_sequences_keep_ownership_and_refcounts(coalesce, s
     a page the host does not own, must annotate every donated page, and its refcounts must
     equal 1 + counted entries (check_invariants)."""
     hs2 = host(coalesce=coalesce)
-    owner = {}  # page -> owner id; absent = host
+    owner = {}  # page -> owner id, or "S" shared with a guest; absent = host
     for kind, c, p in steps:
         base = WINDOW + c * CHUNK
-        if kind == "donate" and all(owner.get(base + i * PAGE, 0) == 0 for i in range(512)):
+        if kind == "share" and all(owner.get(base + i * PAGE, 0) == 0 for i in range(512)):
+            assert hs2.share_guest(base, CHUNK).ret == 0
+            for i in range(512):
+                owner[base + i * PAGE] = "S"
+        elif kind == "unshare" and owner.get(base, 0) == "S":
+            assert hs2.unshare_guest(base, CHUNK).ret == 0
+            for i in range(512):
+                owner.pop(base + i * PAGE)
+        elif kind == "donate" and all(owner.get(base + i * PAGE, 0) == 0 for i in range(512)):
             hs2.set_owner(base, CHUNK, 2)
             for i in range(512):
                 owner[base + i * PAGE] = 2
-        elif kind == "reclaim" and any(owner.get(base + i * PAGE, 0) for i in range(512)):
+        elif kind == "reclaim" and any(owner.get(base + i * PAGE, 0) == 2 for i in range(512)):
             hs2.set_owner(base, CHUNK, OWNER_HOST)
             for i in range(512):
                 owner.pop(base + i * PAGE, None)
-        elif kind == "reclaim_part" and owner.get(base + p * PAGE, 0):
+        elif kind == "reclaim_part" and owner.get(base + p * PAGE, 0) == 2:
             hs2.set_owner(base + p * PAGE, PAGE, OWNER_HOST)
             owner.pop(base + p * PAGE)
         elif kind == "abort":
             pa = base + p * PAGE
             res = hs2.idmap(pa)
-            if owner.get(pa, 0):
+            if owner.get(pa, 0) == "S":
+                assert res.ret == -11  # the host keeps a valid mapping of what it shares
+            elif owner.get(pa, 0):
                 assert res.ret == -1  # -EPERM: never mapped for the host
             else:
                 assert res.ret in (0, -11)
                 # the window mapped never covers a page someone else owns
                 for q in range(res.start, res.start + res.size, PAGE):
                     if WINDOW <= q < WINDOW + NCHUNKS * CHUNK:
-                        assert owner.get(q, 0) == 0
+                        assert owner.get(q, 0) in (0, "S")
         assert hs2.s2.check_invariants() == []
         for c2 in range(NCHUNKS):
             for i in (0, p, 511):
                 pa = WINDOW + c2 * CHUNK + i * PAGE
                 pte, level = hs2.s2.get_leaf(pa)
-                if owner.get(pa, 0):
+                if owner.get(pa, 0) == "S":
+                    d = D.decode(pte, level, 12)
+                    assert (d.kind, level, d.sw, d.oa) == ("page", 3, STATE_SHARED_OWNED, pa)
+                elif owner.get(pa, 0):
                     assert D.decode(pte, level, 12).kind == "invalid" and (pte >> 2) & 0xFF == 2
                 elif pte & 1:
                     d = D.decode(pte, level, 12)
-                    assert d.kind in ("page", "block")
+                    assert d.kind in ("page", "block") and d.sw == 0
                     assert d.oa + (pa & (hs2.geom.size(level) - 1)) == pa  # identity
 
 
@@ -277,3 +407,19 @@ def test_balloon_relinquish_returns_pages_to_the_host_and_coalesces(tmp_path):
     # the balloon's pages plus the rest at teardown: everything donated comes back once
     assert c["reclaim.pages"] == c["donate.pages"] == 64 * MIB // PAGE
     assert c["coalesce.tables_zapped"] > 0 and c["isolation.violations"] == 0
+
+
+def test_guest_vcpus_take_turns_with_the_host_task_on_a_shared_cpu(tmp_path):
+    """One CPU: the host task and the guest's vCPU never run at the same time, so the run
+    lasts at least their translation time added up, and each waited for the other."""
+    exp = pkvm_cfg(tmp_path, engine={"timeslice": "100us"},
+                   host={"cpus": 1, "memory": [{"base": GIB, "size": "2GiB"}],
+                         "workload": {"type": "uniform", "accesses": 3000000,
+                                      "footprint": "2GiB"}},
+                   guests=[{"name": "a", "memory": "64MiB", "vcpus": 1, "workload": {
+                       "type": "uniform", "accesses": 200000, "footprint": "64MiB"}}])
+    r = run_config(exp.variants["default"])
+    c = r["counters"]
+    assert r["sim_cycles"] >= c["host.cycles.translation"] + c["guest.a.cycles.translation"]
+    assert c["host.sched.wait_cycles"] > 0 and c["guest.a.sched.wait_cycles"] > 0
+    assert c["host.sched.slices"] > 1 and c["guest.a.sched.slices"] > 1

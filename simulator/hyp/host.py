@@ -21,6 +21,14 @@ from simulator.mmu.pgtable import OpReport, Stage2
 OWNER_HOST = 0
 OWNER_HYP = 1
 OWNER_NONE = 255  # not memory nor MMIO: a hole in the physical map
+# The ownership record marks a page the host shares with a guest (host_share_guest) as
+# SHARED | borrower: the host keeps it (and may access it), the borrower may access it too.
+SHARED = 0x80
+MAX_OWNER = SHARED - 1
+
+# pKVM page states in a leaf's software bits (the ``sw`` field, bits 58:55)
+STATE_SHARED_OWNED = 1     # SW0: the owner's view of a page it shares
+STATE_SHARED_BORROWED = 2  # SW1: the borrower's view
 
 # PKVM_HOST_MEM_PROT / PKVM_HOST_MMIO_PROT
 HOST_MEM_PROT = D.PROT_RWX
@@ -118,6 +126,17 @@ class HostPhys:
         a = self.page(pa)
         self.owner[a:a + (size >> self.page_shift)] = owner
         self.reserved.pop(a, None)
+
+    def share(self, pa: int, size: int, borrower: int) -> None:
+        """The host shares its pages with ``borrower`` (it keeps ownership)."""
+        a = self.page(pa)
+        self.owner[a:a + (size >> self.page_shift)] = SHARED | borrower
+        self.reserved.pop(a, None)
+
+    def host_may_access(self, pages: np.ndarray) -> np.ndarray:
+        """Pages the host owns, shared or not."""
+        o = self.owner[pages]
+        return (o == OWNER_HOST) | ((o & SHARED) != 0) & (o != OWNER_NONE)
 
     def give_back(self, pa: int, size: int) -> None:
         """Pages reclaimed by the host are the host's (and donatable) again."""
@@ -257,6 +276,22 @@ class HostStage2:
         annot = 0 if owner == OWNER_HOST else min(owner, 2)  # host 0, hyp 1, guests 2
         return self.s2.set_owner(pa, size, annot,
                                  coalesce=self.coalesce and owner == OWNER_HOST)
+
+    def share_guest(self, pa: int, size: int) -> OpReport:
+        """__pkvm_host_share_guest(), host side: the pages stay the host's, mapped with the
+        SHARED_OWNED state in their software bits. A non-default prot makes
+        host_stage2_force_pte() map them page by page, and with seed 000's counting rule each
+        such leaf holds a reference on its table, so the region cannot coalesce."""
+        self.ptmem.use(self.mem_pool)
+        return self.s2.map(pa, size, pa, HOST_MEM_PROT, sw=STATE_SHARED_OWNED, force_pte=True)
+
+    def unshare_guest(self, pa: int, size: int) -> OpReport:
+        """__pkvm_host_unshare_guest(), host side: back to the OWNED state, i.e. a default
+        leaf. The kernel does it page by page (one hypercall each), so the pages are mapped
+        as pages; default leaves are not counted, but a map is not the set_owner path, so
+        seed 000 does not zap the table here."""
+        self.ptmem.use(self.mem_pool)
+        return self.s2.map(pa, size, pa, HOST_MEM_PROT, force_pte=True)
 
     def mappings(self) -> dict[int, int]:
         return self.s2.leaf_counts()
