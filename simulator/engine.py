@@ -293,13 +293,15 @@ class GuestVM(VM):
         # its stage-2 maps them with the SHARED_BORROWED state in their software bits
         self.shared_from: int | None = None
         self.alive = True
+        # kvm, shared_frames workload: the IPA whose host frame backs an IPA (simulator.rmapsim)
+        self.alias: Callable[[int], int] | None = None
 
     def placement(self, addrs: np.ndarray, kinds: np.ndarray, ctx: Context):
         return self._placement(addrs), kinds
 
     def pa_of(self, ipa: int) -> int:
         if self.chunk is None:
-            return self.pa_base + ipa
+            return self.pa_base + (ipa if self.alias is None else self.alias(ipa))
         return self.chunks[ipa // self.chunk] + ipa % self.chunk
 
     def sw_of(self, ipa: int) -> int:
@@ -420,6 +422,8 @@ class GuestVM(VM):
                 ctx.ctr.add("faults.spurious")
             op_cycles = m.op_costs.cycles(rep)
             m.apply_tlbis(self.vmid, self.geom.page_shift, rep)
+            if m.rmap is not None and rep.ret == 0:
+                op_cycles += m.rmap.on_map(start, bs)  # rmap_add() under the lock
         m.account_op(ctx.ctr, rep)
         yield from m.end_fault(ctx, self.lock, t0, op_cycles)
 
@@ -437,6 +441,8 @@ def _backing(backing: str, g: Geometry) -> int:
 
 class Machine:
     """The simulated machine for one variant (kvm mode: one guest; pkvm: see PkvmMachine)."""
+
+    rmap = None  # kvm mode with hyp.rmap: pte_list: a simulator.rmapsim.RmapAgent
 
     def __init__(self, cfg: ExperimentConfig, progress: Callable[[int, int], None] | None = None):
         self.cfg = cfg
@@ -482,6 +488,10 @@ class Machine:
             self.vm.contexts.append(ctx)
             self.contexts.append(ctx)
         self.totals = [getattr(s, "total", None) for s in streams]
+        if cfg.hyp.rmap == "pte_list":
+            from simulator.rmapsim import RmapAgent
+
+            self.rmap = RmapAgent(self)
 
     # -- hypervisor-side helpers ---------------------------------------------------------
     def apply_tlbis(self, vmid: int, page_shift: int, rep: P.OpReport) -> int:
@@ -599,7 +609,10 @@ class Machine:
     def start(self) -> list:
         if self.cfg.guest.premap:
             self.vm.premap()
-        return [self.env.process(self.context_process(c)) for c in self.contexts]
+        procs = [self.env.process(self.context_process(c)) for c in self.contexts]
+        if self.rmap is not None:
+            procs.append(self.env.process(self.rmap.drop_phase(list(procs))))
+        return procs
 
     def run(self) -> dict:
         t0 = time.perf_counter()
@@ -641,6 +654,8 @@ class Machine:
             total[f"mappings.l{lvl}"] = leaves[lvl]
         total["lock.acquisitions"] = self.lock.acquisitions
         total["lock.contended"] = self.lock.contended
+        if self.rmap is not None:
+            total.update(self.rmap.counters())
         sim_cycles = int(self.env.now)
         return {
             "counters": dict(sorted(total.items())),
