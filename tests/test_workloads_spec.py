@@ -163,3 +163,25 @@ def test_trace_error_format_attributes_and_pickling():
 def test_uniform_spec_builds_with_keyword_defaults():
     (s,) = UniformSpec(accesses=3).build(1, 0, 4096)
     assert s.chunk == 1 << 16 and s.total == 3
+
+
+def test_shared_frames_touches_every_page_once_per_pass_split_over_the_vcpus():
+    from workloads import SharedFramesSpec
+
+    spec = parse_workload({"type": "shared_frames", "frames": 3, "mappings_per_frame": 5,
+                           "start": "1M", "passes": 2})
+    assert isinstance(spec, SharedFramesSpec) and spec.pages == 15
+    assert [spec.frame_of(p) for p in range(6)] == [0, 1, 2, 0, 1, 2]
+    streams = spec.build(4, 0, 1 << 30, 3)
+    pages = []
+    for v, s in enumerate(streams):
+        got = [int(a) for addr, kind in s for a in addr]
+        assert s.total == len(got)
+        mine = [(1 << 20) + p * 4096 for p in range(v, 15, 4)]
+        assert got == mine * 2  # in increasing order, twice
+        pages += mine
+    assert sorted(pages) == [(1 << 20) + p * 4096 for p in range(15)]
+    with pytest.raises(WorkloadError, match="beyond the guest memory"):
+        spec.build(1, 0, (1 << 20) + 14 * 4096, 16)
+    with pytest.raises(ValidationError):
+        parse_workload({"type": "shared_frames", "frames": 0, "mappings_per_frame": 5})
