@@ -63,6 +63,9 @@ class MachineConfig(_Model):
     clock_ghz: float = Field(default=2.6, gt=0, description="CPU clock, GHz (turns cycles into seconds).")
     fwb: bool = Field(default=False, description="FEAT_S2FWB: no cache maintenance for new mappings.")
     tlbi_range: bool = Field(default=False, description="FEAT_TLBIRANGE: range TLB invalidation.")
+    bbm_level: int = Field(default=0, ge=0, le=2, description="FEAT_BBM level used by "
+                           "hyp.rebuild: ttrem (seed 001): 0 break-before-make, 1 nT block "
+                           "first, 2 replace in place (TLB conflict aborts possible).")
     dic: bool = Field(default=False, description="CTR_EL0.DIC: no icache maintenance; guest "
                       "mappings are executable from the start.")
 
@@ -187,6 +190,10 @@ class CostsConfig(_Model):
                                     "(relax permissions) beyond entry/exit, cycles.")
     host_abort_handler: int = Field(default=800, ge=0, description="pKVM host abort: "
                                     "handle_host_mem_abort() work outside the walk, cycles.")
+    tlb_conflict_abort: int = Field(default=3000, ge=0, description="A TLB conflict abort: "
+                                    "exception entry, local TLBI VMALLS12E1 + DSB, return.")
+    dirty_page: int = Field(default=150, ge=0, description="Marking a page dirty in the "
+                            "memslot's bitmap (mark_page_dirty), cycles.")
     hypercall: int = Field(default=1200, ge=0, description="pKVM: one host hypercall (donate "
                            "or reclaim one page) round trip, cycles.")
     rmap_touch: int = Field(default=4, ge=0, description="hyp.rmap: one read of reverse-map "
@@ -231,6 +238,18 @@ def to_cycles(value: int | str, clock_ghz: float) -> int:
 Duration = Annotated[int | str, BeforeValidator(parse_duration)]
 
 
+class DirtyLogConfig(_Model):
+    split: Literal["lazy", "eager"] = Field(default="lazy", description="lazy: blocks are "
+                                            "split on the first write fault (5.11); eager: "
+                                            "split to pages when logging starts "
+                                            "(kvm_pgtable_stage2_split, 6.4+).")
+    enable_at: Duration | None = Field(default=None, description="When dirty logging starts "
+                                       "(generic workloads; page_table_test drives it by "
+                                       "stage).")
+    disable_at: Duration | None = Field(default=None, description="When it stops (migration "
+                                        "done or cancelled): later faults rebuild blocks.")
+
+
 class HypConfig(_Model):
     mode: Literal["kvm", "pkvm"] = Field(default="kvm", description="kvm: one guest under "
                                          "the host kernel; pkvm: protected mode with a host "
@@ -252,6 +271,12 @@ class HypConfig(_Model):
                            "ownership returns to the host.")
     teardown_tlbi: bool = Field(default=True, description="Debug knob: false skips the TLB "
                                 "invalidation of a torn-down guest's VMID (breaks isolation).")
+    rebuild: Literal["bbm", "install_first", "ttrem"] = Field(
+        default="bbm", description="How a fault replaces a table by a block: bbm (5.11: "
+        "invalidate, TLBI, unmap the subtree, CMO the block, install), install_first (seed "
+        "003: install, then unmap), ttrem (seed 001, with machine.bbm_level).")
+    dirty_log: DirtyLogConfig = Field(default_factory=DirtyLogConfig, description="Dirty "
+                                      "logging (kvm mode).")
     rmap: Literal["none", "pte_list"] = Field(
         default="none", description="kvm mode, seed 004: keep x86 KVM's reverse map (per host "
         "frame, the list of stage-2 leaves that map it, as pte_list_desc chains) and drop "
@@ -394,6 +419,7 @@ class ExperimentConfig(_Model):
             raise ValueError("workload: required (the guest's access stream)")
         if self.hyp.mode == "pkvm":
             self._check_pkvm(geom)
+        self._check_page_table_test()
         ipa_limit = 1 << self.machine.ipa_bits
         for i, slot in enumerate(self.guest.slots()):
             if slot.size <= 0 or slot.size % geom.page_size:
@@ -438,6 +464,24 @@ class ExperimentConfig(_Model):
                                      f"a leaf size of the {self.machine.granule} granule")
         self._check_rmap(geom)
         return self
+
+    def _check_page_table_test(self) -> None:
+        from workloads.spec import PageTableTestSpec
+
+        others = [g.workload for g in self.guests] + [self.host.workload]
+        if any(isinstance(w, PageTableTestSpec) for w in others):
+            raise ValueError("workload.type: page_table_test is the kvm-mode workload only "
+                             "(not for guests[] or host)")
+        if not isinstance(self.workload, PageTableTestSpec):
+            return
+        if self.hyp.mode != "kvm":
+            raise ValueError("workload.type: page_table_test runs in hyp.mode: kvm")
+        large = self.backing_size()
+        if self.guest.memory % large:
+            raise ValueError(f"guest.memory: page_table_test needs a multiple of the backing "
+                             f"page ({format_size(large)})")
+        if self.guest.memslots:
+            raise ValueError("guest.memslots: page_table_test uses one memslot")
 
     def _check_pkvm(self, geom: Geometry) -> None:
         from simulator.hyp.page_alloc import layout_supports
@@ -502,6 +546,9 @@ class ExperimentConfig(_Model):
             return
         if self.hyp.mode != "kvm":
             raise ValueError("hyp.rmap: the reverse map is modelled in kvm mode only")
+        if w is not None and w.type == "page_table_test":
+            raise ValueError("hyp.rmap: not with the page_table_test workload (its stage "
+                             "driver runs the vCPUs; the drop phase follows plain streams)")
         want = self.mapping_size() or self.backing_size()
         if want != geom.page_size:
             raise ValueError(f"hyp.rmap: the reverse map is modelled for page mappings only: "

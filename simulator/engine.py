@@ -37,8 +37,20 @@ from simulator.arch.geometry import Geometry
 from simulator.config import ExperimentConfig, seconds, to_cycles
 from simulator.mmu import PageTableMemory, Stage2, TLBHierarchy, TLBLevelSpec, WalkCache
 from simulator.mmu import pgtable as P
-from simulator.mmu.batch import B_FAULT, F_IPA, F_KIND, F_STATUS, FETCH, WRITE, VcpuMMU
-from simulator.mmu.walk import W_PERMISSION
+from simulator.mmu.batch import (
+    B_FAULT,
+    F_IPA,
+    F_KIND,
+    F_STATUS,
+    FETCH,
+    K_CONFLICT,
+    WRITE,
+    VcpuMMU,
+)
+from simulator.mmu.walk import W_CONFLICT, W_PERMISSION
+from simulator.dirtylog import dirty_log_agent, page_table_test_driver
+from simulator.rebuild import rebuild_block
+from workloads.spec import PageTableTestSpec
 
 # Table pages of kvm mode live in their own physical region, far above guest memory.
 PT_BASE_SHIFT = 46
@@ -293,6 +305,11 @@ class GuestVM(VM):
         # its stage-2 maps them with the SHARED_BORROWED state in their software bits
         self.shared_from: int | None = None
         self.alive = True
+        # dirty logging (kvm mode): logging forces page mappings; written pages are dirty
+        self.logging = False
+        self.dirty = np.zeros(0, dtype=np.bool_)
+        # IPA ranges whose block-level entry is invalid while a table is replaced by a block
+        self.windows: list[tuple[int, int]] = []
         # kvm, shared_frames workload: the IPA whose host frame backs an IPA (simulator.rmapsim)
         self.alias: Callable[[int], int] | None = None
 
@@ -387,12 +404,29 @@ class GuestVM(VM):
                 "workload", f"vCPU {ctx.index} accessed IPA {ipa:#x}, outside guest memory "
                 f"({', '.join(f'[{b:#x}, {b + s:#x})' for b, s in self.slots)}); "
                 "set guest.placement: first_touch to place trace addresses in guest memory")
+        if status == W_CONFLICT:
+            # a TLB conflict abort: the handler invalidates this CPU's TLB for the VMID and
+            # returns; the access is replayed (no lock, no page-table work)
+            ctx.ctr.add("tlb_conflict_aborts")
+            ctx.cpu.tlb.invalidate(self.vmid)
+            ctx.cpu.wc.invalidate(self.vmid, 0, 0, self.geom.page_shift)
+            ctx.debt += costs.tlb_conflict_abort
+            return
+        if any(lo <= ipa < hi for lo, hi in self.windows):
+            ctx.ctr.add("faults.in_window")
         yield env.timeout(costs.fault_entry_exit // 2 + costs.fault_handler)
         if self.chunk is not None and self.chunks[ipa // self.chunk] is None:
             # a ballooned chunk touched again: the host donates a new one
             yield from m.donate_chunk(self, ipa // self.chunk, ctx.ctr)
         yield from acquire(self.lock, ctx.ctr, env)
+        op_cycles = 0
+        if self.logging and kind == WRITE:
+            self.mark_dirty(ctx, ipa)
+            op_cycles += costs.dirty_page
+        leaf_level = 3
         if status == W_PERMISSION:
+            leaf_level = self.s2.get_leaf(ipa)[1]
+        if status == W_PERMISSION and not (self.logging and leaf_level < 3):
             clear_bits = int(D.XN) if kind == FETCH else 0
             set_bits = int(D.S2AP_W) if kind == WRITE else int(D.S2AP_R)
             rep = self.s2.update_attrs(ipa, 1, set_bits=set_bits, clear_bits=clear_bits,
@@ -400,13 +434,23 @@ class GuestVM(VM):
             # kvm_pgtable_stage2_relax_perms(): a local TLBI of that IPA
             lo = ipa & ~(self.geom.page_size - 1)
             ctx.cpu.tlb.invalidate(self.vmid, lo, lo + self.geom.page_size)
-            op_cycles = m.op_costs.cycles(rep) + costs.perm_fault_handler + costs.tlbi_ipa
+            op_cycles += m.op_costs.cycles(rep) + costs.perm_fault_handler + costs.tlbi_ipa
             ctx.ctr.add("tlbi.ops")
         else:
-            bs = self.block_for(ipa, slot)
+            # a translation fault, or a write to a block while logging (force_pte: the map
+            # replaces the block by a table holding the one page)
+            bs = self.geom.page_size if self.logging else self.block_for(ipa, slot)
             start = ipa & ~(bs - 1)
-            rep = self.s2.map(start, bs, self.pa_of(start), self.prot_for(kind),
-                              handle_fault=True, sw=self.sw_of(start))
+            prot = self.prot_for(kind)
+            level = self.geom.level_for_size(bs)
+            loc = self.s2.locate(start, level) if level < 3 else None
+            if loc is not None and D.is_table(D.U(loc[2]), level):
+                # a table where the block goes: rebuild it (seeds 001 and 003)
+                op_cycles += yield from rebuild_block(self, ctx, start, level, loc, prot)
+                yield from m.end_fault(ctx, self.lock, t0, op_cycles)
+                return
+            rep = self.s2.map(start, bs, self.pa_of(start), prot, handle_fault=True,
+                              sw=self.sw_of(start), force_pte=self.logging)
             if rep.ret == -P.ENOMEM:
                 # the fault returns -ENOMEM to its caller, which tops up and re-enters the
                 # guest: the access faults again. Only a pool that never refills stops the run.
@@ -420,12 +464,21 @@ class GuestVM(VM):
                 ctx.enomem_streak = 0
             if rep.ret == -P.EAGAIN:
                 ctx.ctr.add("faults.spurious")
-            op_cycles = m.op_costs.cycles(rep)
+            op_cycles += m.op_costs.cycles(rep)
             m.apply_tlbis(self.vmid, self.geom.page_shift, rep)
             if m.rmap is not None and rep.ret == 0:
                 op_cycles += m.rmap.on_map(start, bs)  # rmap_add() under the lock
         m.account_op(ctx.ctr, rep)
         yield from m.end_fault(ctx, self.lock, t0, op_cycles)
+
+    def mark_dirty(self, ctx: Context, ipa: int) -> None:
+        """mark_page_dirty(): the page's bit in the memslot's dirty bitmap."""
+        page = ipa >> self.geom.page_shift
+        if page >= self.dirty.shape[0]:
+            return
+        if not self.dirty[page]:
+            self.dirty[page] = True
+            ctx.ctr.add("dirty.pages")
 
 
 def _size(text: str) -> int:
@@ -482,7 +535,13 @@ class Machine:
                                      else 1 << (cfg.machine.pa_bits - 1))
         self.vm = GuestVM(self, cfg.guest, 1, "guest", self.ptmem)
         self.lock = self.vm.lock
-        streams = cfg.workload.build(cfg.guest.vcpus, cfg.seed, cfg.guest.memory, cfg.engine.chunk)
+        self.stages: dict[str, dict] = {}
+        if isinstance(cfg.workload, PageTableTestSpec):
+            # the stage driver hands each vCPU its stream at the start of every stage
+            streams = [iter(()) for _ in range(cfg.guest.vcpus)]
+        else:
+            streams = cfg.workload.build(cfg.guest.vcpus, cfg.seed, cfg.guest.memory,
+                                         cfg.engine.chunk)
         for i, stream in enumerate(streams):
             ctx = Context(i, self.vm, stream, self.new_cpu(g), f"vcpu{i}")
             self.vm.contexts.append(ctx)
@@ -607,8 +666,16 @@ class Machine:
             self.progress(self.done_accesses, total)
 
     def start(self) -> list:
-        if self.cfg.guest.premap:
+        cfg = self.cfg
+        if cfg.guest.premap:
             self.vm.premap()
+        if cfg.hyp.rebuild == "ttrem" and cfg.machine.bbm_level == 2:
+            for ctx in self.contexts:  # TLB conflicts become possible: look for them
+                ctx.mmu.costs[K_CONFLICT] = 1
+        if cfg.hyp.dirty_log.enable_at is not None:
+            self.env.process(dirty_log_agent(self, self.vm))
+        if isinstance(cfg.workload, PageTableTestSpec):
+            return [self.env.process(page_table_test_driver(self))]
         procs = [self.env.process(self.context_process(c)) for c in self.contexts]
         if self.rmap is not None:
             procs.append(self.env.process(self.rmap.drop_phase(list(procs))))
@@ -642,7 +709,9 @@ class Machine:
         for k, val in self.machine_ctr.c.items():
             total[k] = total.get(k, 0) + val
         for key in ("tlbi.ops", "tlbi.entries", "pgtable.pages_allocated", "pgtable.pages_freed",
-                    "fault_cycles", "lock_wait_cycles", "cmo.bytes"):
+                    "fault_cycles", "lock_wait_cycles", "cmo.bytes", "faults.in_window",
+                    "tlb_conflict_aborts", "rebuild.blocks", "rebuild.window_cycles",
+                    "dirty.pages"):
             total.setdefault(key, 0)
         meta = self.ptmem.meta
         total["pgtable.pages_allocated"] = int(meta[P.M_ALLOCS])
@@ -656,8 +725,15 @@ class Machine:
         total["lock.contended"] = self.lock.contended
         if self.rmap is not None:
             total.update(self.rmap.counters())
+        extra = {}
+        for stage, figs in self.stages.items():
+            extra[f"stage.{stage}_seconds"] = figs["seconds"]
+            for k, val in figs.items():
+                if k != "seconds":
+                    total[f"stage.{stage}.{k}"] = val
         sim_cycles = int(self.env.now)
         return {
+            **extra,
             "counters": dict(sorted(total.items())),
             "per_vcpu": per_vcpu,
             "sim_cycles": sim_cycles,

@@ -258,6 +258,12 @@ def test_validation(over, field, text):
     assert text in e.value.message
 
 
+def test_rmap_is_refused_with_the_page_table_test_workload():
+    with pytest.raises(ConfigError, match="page_table_test"):
+        validate({"guest": {"memory": "64MiB"}, "hyp": {"rmap": "pte_list"},
+                  "workload": {"type": "page_table_test"}}, "src")
+
+
 def test_rmap_is_refused_in_pkvm_mode():
     with pytest.raises(ConfigError, match="kvm mode only"):
         validate({"hyp": {"mode": "pkvm", "rmap": "pte_list"}}, "src")

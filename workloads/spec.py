@@ -375,6 +375,82 @@ class NpySpec(_Spec):
                 for v in range(n_vcpus)]
 
 
+# ---------------------------------------------------------------------------------------------
+# kvm_page_table_test
+
+
+PAGE_TABLE_TEST_STAGES = ("create", "update", "adjust")
+
+
+def _ptt_pieces(stage: str, vcpu: int, memory: int, large: int, page: int):
+    """The accesses of one vCPU in one stage of tools/testing/selftests/kvm/
+    kvm_page_table_test.c (guest_code()), one large page at a time."""
+    from workloads.stream import READ, WRITE
+
+    nlarge = memory // large
+    if stage == "create":
+        # the first 8 bytes of each large page; even vCPUs write, odd ones read
+        addrs = np.arange(nlarge, dtype=np.uint64) * np.uint64(large)
+        yield addrs, np.full(nlarge, WRITE if vcpu % 2 == 0 else READ, dtype=np.uint8)
+        return
+    per = large // page
+    if stage == "update" and large == page:
+        # anonymous backing: write every host page (attributes RO -> RW while logging)
+        for lo in range(0, memory // page, 1 << 16):
+            n = min(1 << 16, memory // page - lo)
+            addrs = (np.arange(lo, lo + n, dtype=np.uint64)) * np.uint64(page)
+            yield addrs, np.full(n, WRITE, dtype=np.uint8)
+        return
+    if stage == "update":
+        # write the first host page of each large page (breaking the block), then read the
+        # second half of it page by page
+        half = np.arange(per // 2, dtype=np.uint64) * np.uint64(page) + np.uint64(large // 2)
+        kinds = np.full(per // 2 + 1, READ, dtype=np.uint8)
+        kinds[0] = WRITE
+        for i in range(nlarge):
+            base = np.uint64(i * large)
+            addrs = np.empty(per // 2 + 1, dtype=np.uint64)
+            addrs[0] = base
+            addrs[1:] = half + base
+            yield addrs, kinds
+        return
+    # adjust: read every host page
+    for i in range(nlarge):
+        yield np.arange(per, dtype=np.uint64) * np.uint64(page) + np.uint64(i * large), \
+            np.full(per, READ, dtype=np.uint8)
+
+
+class PageTableTestSpec(_Spec):
+    """kvm_page_table_test: every vCPU runs the selftest's stages over all of guest memory
+    (CREATE_MAPPINGS, UPDATE_MAPPINGS with dirty logging on, ADJUST_MAPPINGS with it off);
+    the engine synchronises the vCPUs at each stage and times it. The large page is the
+    guest's backing (``guest.backing``), the host page the granule."""
+
+    type: Literal["page_table_test"] = Field(default="page_table_test",
+                                             description="Workload type.")
+
+    def stage_streams(self, stage: str, n_vcpus: int, memory: int, large: int, page: int,
+                      chunk: int) -> list[Stream]:
+        if large < page or memory % large:
+            raise WorkloadError(f"page_table_test: guest memory {format_size(memory)} is not a "
+                                f"multiple of the backing page {format_size(large)}")
+        per = large // page
+        totals = {"create": memory // large,
+                  "update": memory // page if large == page else (memory // large) * (per // 2 + 1),
+                  "adjust": memory // page}
+        return [Stream(_ptt_pieces(stage, v, memory, large, page), chunk, total=totals[stage])
+                for v in range(n_vcpus)]
+
+    def _build(self, n_vcpus: int, seed: int, memory: int, chunk: int) -> list[Stream]:
+        """The stages back to back with 2 MiB large pages (what a vCPU runs, without the
+        engine's stage barriers and dirty-log switches; used to validate the spec)."""
+        large = min(2 << 20, memory)
+        streams = [self.stage_streams(st, n_vcpus, memory, large, 4096, chunk)
+                   for st in PAGE_TABLE_TEST_STAGES]
+        return [Stream((p for st in streams for p in st[v]), chunk,
+                       total=sum(st[v].total for st in streams)) for v in range(n_vcpus)]
+
+
 class SharedFramesSpec(_Spec):
     """``frames`` host frames, each mapped at ``mappings_per_frame`` guest pages (a shared-page
     or page-merging scenario: pages KSM or THP merged, a file mapped many times), then dropped.
@@ -436,7 +512,7 @@ class SharedFramesSpec(_Spec):
 
 WorkloadSpec = Annotated[
     Union[SequentialSpec, UniformSpec, ZipfSpec, StrideSpec, PhasesSpec, LackeySpec,
-          DrMemTraceSpec, NpySpec, SharedFramesSpec],
+          DrMemTraceSpec, NpySpec, PageTableTestSpec, SharedFramesSpec],
     Field(discriminator="type"),
 ]
 """Any workload spec, chosen by its ``type`` field."""

@@ -18,6 +18,7 @@ from simulator._jit import jit
 from simulator.mmu.tlb import INVALID, PERM_LEVEL_SHIFT, PERM_R, PERM_W, PERM_X
 from simulator.mmu.walk import (
     W_ACCESS_FLAG,
+    W_CONFLICT,
     W_OK,
     W_PERMISSION,
     W_TRANSLATION,
@@ -54,6 +55,7 @@ N_COUNTERS = C_TLB + 2 * MAX_TLB_LEVELS
 K_ACCESS = 0  # every access, before translation
 K_MEM_REF = 1  # each descriptor read by a walk
 K_WC_HIT = 2  # a walk-cache hit
+K_CONFLICT = 3  # 1: a lookup that matches entries of two sizes takes a TLB conflict abort
 N_COSTS = 4
 
 # fault record slots
@@ -153,6 +155,7 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
     last_vpn = np.zeros(2, np.uint64)
     base_cost = costs[K_ACCESS]
     ref_cost = costs[K_MEM_REF]
+    conflict_check = costs[K_CONFLICT]
     i = start
     status = B_DONE
     while i < stop:
@@ -161,7 +164,7 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
         cls = 1 if kind == FETCH else 0
         now += 1
         cyc = base_cost
-        le = last_e[cls]
+        le = last_e[cls] if conflict_check == 0 else -1
         if le >= 0 and (a >> U(first_shift[cls])) == last_vpn[cls] and key[le] == last_key[cls]:
             e = le
             stamp[e] = now
@@ -172,6 +175,7 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
             # ---- probe the levels serving this class, in order (tlb_lookup) ----
             e = -1
             hit = -1
+            conflict = False
             for lv in range(nlev):
                 if (serves[lv] >> cls) & 1 == 0:
                     continue
@@ -190,6 +194,20 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
                             e = base + w
                             break
                     if e >= 0:
+                        if conflict_check != 0:
+                            # FEAT_BBM level 2 without nT: an entry of another size that
+                            # also matches is a TLB conflict (ARM ARM D8.16.2)
+                            for j2 in range(j + 1, nprobe[lv]):
+                                shift2 = probe[lv, j2]
+                                vpn2 = a >> U(shift2)
+                                k2 = vtag | (U(shift2) << U(40)) | vpn2
+                                if setmask[lv] >= 0:
+                                    b2 = off[lv] + np.int64(vpn2 & U(setmask[lv])) * nways
+                                else:
+                                    b2 = off[lv] + np.int64(vpn2 % U(sets[lv])) * nways
+                                for w2 in range(nways):
+                                    if key[b2 + w2] == k2:
+                                        conflict = True
                         break
                 if e >= 0:
                     stamp[e] = now
@@ -197,6 +215,16 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
                     hit = lv
                     break
                 n_miss[lv] += 1
+            if conflict:
+                fault[F_STATUS] = W_CONFLICT
+                fault[F_LEVEL] = 0
+                fault[F_IPA] = np.int64(a)
+                fault[F_KIND] = kind
+                fault[F_PTE] = 0
+                fault[F_INDEX] = i
+                cycles += cyc
+                status = B_FAULT
+                break
             if hit >= 0:
                 perm = np.int64(tperm[e])
                 shift = np.int64((key[e] >> U(40)) & U(63))
@@ -388,7 +416,8 @@ class VcpuMMU:
         self.costs = np.zeros(N_COSTS, dtype=np.int64)
         if costs is not None:
             for k, v in costs.items():
-                self.costs[{"access": K_ACCESS, "mem_ref": K_MEM_REF, "wc_hit": K_WC_HIT}[k]] = v
+                self.costs[{"access": K_ACCESS, "mem_ref": K_MEM_REF, "wc_hit": K_WC_HIT,
+                             "conflict_check": K_CONFLICT}[k]] = v
 
     def run(self, stage2, addrs, kinds, start: int, stop: int, budget: int):
         """Run accesses [start, stop) against ``stage2``; see :func:`run_batch`."""

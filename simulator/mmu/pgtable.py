@@ -727,6 +727,45 @@ def _visit_post(op, row, idx, level, ctx_addr, old, tables, refcnt, free, meta, 
 # Python wrappers: validate, reserve memory, make exactly one kernel call.
 
 
+# ------------------------------------------------------------------------------------------
+# Single-entry steps: the phases of replacing a table by a block (seeds 001 and 003), which
+# the engine spreads over simulated time so that other vCPUs see the window between them.
+
+STEP_BREAK = 0  # break: locked invalid pattern, TLBI of what the table covered, put
+STEP_INSTALL = 1  # make: store ``new`` into a broken (invalid) entry, get if counted
+STEP_REPLACE = 2  # store ``new`` over the live entry with no invalidation (TTRem)
+STEP_FREE = 3  # free a detached subtree (``child``, entries at ``level + 1``)
+STEP_FLUSH_VMID = 4  # TLBI VMALLS12E1IS
+
+
+@jit
+def pgtable_entry_step(step, tables, refcnt, free, meta, base_pa, page_shift, row, idx, level,
+                       ipa, new, child, flags, rule, stat, rep, tlog):
+    """One step on the entry (row, idx) at ``level`` that covers ``ipa``; see STEP_*."""
+    if step == STEP_BREAK:
+        old = tables[row, idx]
+        if not _break_pte(row, idx, level, U(ipa), old, tables, refcnt, free, meta,
+                          page_shift, flags, rule, stat, rep, tlog):
+            rep[R_RET] = -EAGAIN
+            return -EAGAIN
+    elif step == STEP_INSTALL:
+        _make_pte(row, idx, level, U(new), tables, refcnt, rule, stat, rep, page_shift)
+    elif step == STEP_REPLACE:
+        old = tables[row, idx]
+        if is_counted(old, level, rule):
+            pt_put(row, refcnt, free, meta, rep)
+        if _is_leaf(old, level):
+            rep[R_UNMAPPED_BYTES] += np.int64(1) << _gshift(level, page_shift)
+        _make_pte(row, idx, level, U(new), tables, refcnt, rule, stat, rep, page_shift)
+    elif step == STEP_FREE:
+        free_subtree(child, level + 1, tables, refcnt, free, meta, base_pa, page_shift, rule,
+                     stat, rep)
+    elif step == STEP_FLUSH_VMID:
+        _tlbi(tlog, rep, TLBI_VMID, 0, 0, TTL_UNKNOWN)
+    rep[R_RET] = 0
+    return 0
+
+
 class PageTableMemory:
     """Table pages as rows of one growable ``uint64`` array, a refcount per row and a free
     stack. ``limit_pages`` caps the pages in use (an allocation beyond it fails: -ENOMEM).
@@ -1008,6 +1047,45 @@ class Stage2:
         """kvm_pgtable_get_leaf(): (descriptor, level) of the entry that maps ``ipa``."""
         rep = self._walk(OP_GET_LEAF, ipa, 1).raw
         return int(rep[R_LEAF_PTE]) & D.MASK64, int(rep[R_LEAF_LEVEL])
+
+    def locate(self, ipa: int, level: int) -> tuple[int, int, int] | None:
+        """(row, index, descriptor) of the entry at ``level`` on the walk to ``ipa``, or None
+        when a non-table entry ends the walk above that level."""
+        g = self.geom
+        tables = self.mem.tables
+        pgd_shift = g.shift(g.start_level - 1)
+        row = self.root + ((ipa & ((1 << g.ipa_bits) - 1)) >> pgd_shift)
+        lvl = g.start_level
+        while True:
+            idx = (ipa >> g.shift(lvl)) & (g.entries - 1)
+            pte = int(tables[row, idx])
+            if lvl == level:
+                return row, idx, pte
+            if not D.is_table(U(pte), lvl):
+                return None
+            row = self.mem.row_of(int(pte_to_phys(U(pte), g.page_shift)))
+            lvl += 1
+
+    def entry_step(self, step: int, row: int, idx: int, level: int, ipa: int, *, new: int = 0,
+                   child: int = -1, flags: int | None = None) -> OpReport:
+        """One STEP_* on a single entry (see :func:`pgtable_entry_step`); ``flags`` overrides
+        the stage-2's feature flags (e.g. a whole-VMID flush despite FEAT_TLBIRANGE)."""
+        g = self.geom
+        mem = self.mem
+        rep = self._rep
+        rep[:] = 0
+        pgtable_entry_step(step, mem.tables, mem.refcnt, mem.free, mem.meta, mem.base_pa,
+                           g.page_shift, row, idx, level, U(ipa & D.MASK64), U(new & D.MASK64),
+                           child, self.base_flags if flags is None else flags, self.rule,
+                           self.stat, rep, self._tlog)
+        return OpReport.from_arrays(rep, self._tlog)
+
+    def block_pte(self, ipa: int, level: int, phys: int, prot: int, *, nt: bool = False,
+                  sw: int = 0) -> int:
+        """The block descriptor the map walker would install at ``level`` for ``ipa``."""
+        attr = D.prot_attr(prot) | (sw << D.SW_SHIFT) | (int(D.NT) if nt else 0)
+        g = self.geom
+        return int(D.make_leaf(U(phys & ~(g.size(level) - 1)), U(attr), level, g.page_shift))
 
     def destroy(self) -> OpReport:
         """kvm_pgtable_stage2_destroy(): free every table page, the pgd last."""

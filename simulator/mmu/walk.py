@@ -24,6 +24,7 @@ W_OK = 0
 W_TRANSLATION = 1
 W_ACCESS_FLAG = 2
 W_PERMISSION = 3  # reported by the batch kernel after a permission check
+W_CONFLICT = 4  # TLB conflict abort: a lookup matched entries of two sizes (batch kernel)
 
 # walk output slots
 WO_STATUS = 0
