@@ -103,6 +103,8 @@ def metrics(v: dict, every_scope: bool = False) -> dict[str, float]:
     out: dict[str, float] = {}
     for p in names:
         out.update(_scope_metrics(v, p))
+    if c.get("rmap.entries_dropped"):
+        out["rmap.cycles/entry"] = c["rmap.cycles"] / c["rmap.entries_dropped"]
     out["sim_seconds"] = v.get("sim_seconds", math.nan)
     return out
 
@@ -219,6 +221,131 @@ def plot(columns: list[Column], names: list[str] | None, path: str | Path, title
     ax2.set_title("translations by leaf level")
     ax2.tick_params(axis="x", rotation=30)
     ax2.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------
+# sweeps
+
+
+def is_sweep(path: str | Path) -> bool:
+    """A sweep's output: its directory or its results.jsonl."""
+    p = Path(path)
+    return p.is_dir() or p.suffix == ".jsonl"
+
+
+def load_sweep(path: str | Path) -> tuple[list[str], list[dict]]:
+    """The swept keys and the finished records of a sweep (DIR or DIR/results.jsonl; points
+    skipped as invalid are left out)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "results.jsonl"
+    try:
+        lines = p.read_text().splitlines()
+    except FileNotFoundError:
+        raise ResultsError(str(p), "no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ResultsError(str(p), f"cannot read: {e.__class__.__name__}") from None
+    records = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            raise ResultsError(str(p), f"line {i}: not JSON") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("point"), dict) or \
+                "variant" not in rec:
+            raise ResultsError(str(p), f"line {i}: not an mmusim sweep record")
+        if "skipped" not in rec:
+            if not isinstance(rec.get("counters"), dict):
+                raise ResultsError(str(p), f"line {i}: not an mmusim sweep record")
+            records.append(rec)
+    if not records:
+        raise ResultsError(str(p), "no finished sweep point")
+    keys: list[str] = []
+    for rec in records:
+        keys += [k for k in rec["point"] if k not in keys]
+
+    def order(rec):  # records arrive in completion order: sort by point, then variant name
+        return ([_sort_key(rec["point"].get(k)) for k in keys], rec["variant"])
+    return keys, sorted(records, key=order)
+
+
+def _sort_key(x) -> tuple:
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return (0, x, "")
+    return (1, 0, json.dumps(x, sort_keys=True))
+
+
+def _sweep_names(records: list[dict], names: list[str] | None) -> list[str]:
+    return names or [k for k in values(records[0], None) if "mix.l" not in k
+                     and "mappings.l" not in k]
+
+
+def sweep_table(keys: list[str], records: list[dict], names: list[str] | None,
+                title: str) -> Table:
+    """One row per sweep point and variant: the swept values, the variant, the figures."""
+    names = _sweep_names(records, names)
+    table = Table(title=title)
+    for k in [*keys, "variant"]:
+        table.add_column(k)
+    for n in names:
+        table.add_column(n, justify="right")
+    for rec in records:
+        val = values(rec, names)
+        table.add_row(*(str(rec["point"].get(k)) for k in keys), rec["variant"],
+                      *(_fmt(val[n]) for n in names))
+    return table
+
+
+def plot_sweep(keys: list[str], records: list[dict], names: list[str] | None, path: str | Path,
+               title: str) -> None:
+    """One panel per figure against the first numeric swept key, one line per variant (and
+    per value of the other swept keys); an axis is logarithmic where its values are positive
+    and span a factor of 30 or more."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def numeric(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    xkey = next((k for k in keys if all(numeric(r["point"].get(k)) for r in records)), None)
+    if xkey is None:
+        raise ResultsError("sweep", "no numeric swept key to plot against")
+    names = _sweep_names(records, names)
+    lines: dict[str, list[tuple[float, dict]]] = {}
+    for rec in records:
+        rest = ", ".join(f"{k}={rec['point'].get(k)}" for k in keys if k != xkey)
+        label = rec["variant"] + (f" ({rest})" if rest else "")
+        lines.setdefault(label, []).append((rec["point"][xkey], values(rec, names)))
+
+    def spans(vals) -> bool:
+        vals = [v for v in vals if not math.isnan(v)]
+        return bool(vals) and min(vals) > 0 and max(vals) >= 30 * min(vals)
+
+    cols = min(len(names), 3)
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4 * rows), squeeze=False)
+    xs = [r["point"][xkey] for r in records]
+    for ax, name in zip(axes.flat, names):
+        for label, pts in lines.items():
+            ax.plot([x for x, _ in pts], [v[name] for _, v in pts], marker="o", label=label)
+        if spans(xs):
+            ax.set_xscale("log")
+        if spans([v[name] for pts in lines.values() for _, v in pts]):
+            ax.set_yscale("log")
+        ax.set_xlabel(xkey)
+        ax.set_title(name)
+        ax.grid(True, which="both", lw=0.3)
+        ax.legend(fontsize="small")
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

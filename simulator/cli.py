@@ -147,16 +147,23 @@ def _print_compare(loaded, names, plot_path) -> None:
 @app.command()
 def compare(
     results: Annotated[list[Path], typer.Argument(help="results.json (one: its variants side "
-                                                  "by side; two: A vs B variant by variant).")],
+                                                  "by side; two: A vs B variant by variant), "
+                                                  "or a sweep's directory or results.jsonl.")],
     counters: Annotated[Optional[list[str]], typer.Option(
         "--counters", "-c", help="Counters or metrics to show (comma-separated, repeatable); "
         "default: TLB misses per 1000 accesses, walks per access, faults, cycles per access, "
         "the leaf-level mix.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write a figure (PNG) too.")] = None,
 ) -> None:
-    """Show variants side by side with the change against the first."""
+    """Show variants side by side with the change against the first; a sweep: one row per
+    point and variant, and a figure of each value against the swept key."""
     if not 1 <= len(results) <= 2:
         fail("compare: give one or two results files")
+    if any(analysis.is_sweep(p) for p in results):
+        if len(results) != 1:
+            fail("compare: give one sweep (its directory or results.jsonl) alone")
+        _compare_sweep(results[0], _counters_opt(counters), plot)
+        return
     loaded = []
     for p in results:
         try:
@@ -166,6 +173,25 @@ def compare(
     if len(loaded) == 2 and not analysis.columns_for(loaded):
         fail(f"{results[1]}: variants: no variant name in common with {results[0]}")
     _print_compare(loaded, _counters_opt(counters), plot)
+
+
+def _compare_sweep(path: Path, names: list[str] | None, plot_path: Path | None) -> None:
+    try:
+        keys, records = analysis.load_sweep(path)
+    except analysis.ResultsError as e:
+        fail(str(e))
+    title = records[0].get("config", {}).get("name", str(path))
+    table = analysis.sweep_table(keys, records, names, title)
+    wide = sum(max(len(str(c.header)), 10) + 3 for c in table.columns) + 1
+    Console(width=max(100, Console().width, wide)).print(table)
+    if plot_path is not None:
+        try:
+            analysis.plot_sweep(keys, records, names, plot_path, title)
+        except analysis.ResultsError as e:
+            fail(f"{path}: {e.message}")
+        except OSError as e:
+            fail(f"{plot_path}: cannot write the plot: {e.strerror or e}")
+        typer.echo(f"plot in {plot_path}")
 
 
 @app.command()

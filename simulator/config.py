@@ -196,6 +196,12 @@ class CostsConfig(_Model):
                             "memslot's bitmap (mark_page_dirty), cycles.")
     hypercall: int = Field(default=1200, ge=0, description="pKVM: one host hypercall (donate "
                            "or reclaim one page) round trip, cycles.")
+    rmap_touch: int = Field(default=4, ge=0, description="hyp.rmap: one read of reverse-map "
+                            "metadata (rmap head, descriptor header, one slot), cycles.")
+    rmap_desc_free: int = Field(default=60, ge=0, description="hyp.rmap: freeing one "
+                                "pte_list_desc (kmem_cache_free), cycles.")
+    rmap_clear: int = Field(default=20, ge=0, description="hyp.rmap: clearing one spte with its "
+                            "accessed/dirty tracking, cycles.")
 
 
 # ---------------------------------------------------------------------------------------
@@ -271,6 +277,16 @@ class HypConfig(_Model):
         "003: install, then unmap), ttrem (seed 001, with machine.bbm_level).")
     dirty_log: DirtyLogConfig = Field(default_factory=DirtyLogConfig, description="Dirty "
                                       "logging (kvm mode).")
+    rmap: Literal["none", "pte_list"] = Field(
+        default="none", description="kvm mode, seed 004: keep x86 KVM's reverse map (per host "
+        "frame, the list of stage-2 leaves that map it, as pte_list_desc chains) and drop "
+        "every mapping through it once the vCPUs have finished.")
+    rmap_ext: int = Field(default=14, ge=2, le=64, description="PTE_LIST_EXT: sptes per "
+                          "pte_list_desc (14 today, 3 in 2013).")
+    rmap_drop: Literal["one_by_one", "batch"] = Field(
+        default="batch", description="Dropping all mappings of a frame: one_by_one (remove one, "
+        "restart the iteration: before seed 004) or batch (clear every entry in one pass, "
+        "free the descriptors together: seed 004).")
 
 
 class HostRegionConfig(_Model):
@@ -446,6 +462,7 @@ class ExperimentConfig(_Model):
                 if ps not in geom.leaf_sizes().values():
                     raise ValueError(f"tlb.levels.{lv.name}.page_sizes: {format_size(ps)} is not "
                                      f"a leaf size of the {self.machine.granule} granule")
+        self._check_rmap(geom)
         return self
 
     def _check_page_table_test(self) -> None:
@@ -502,6 +519,41 @@ class ExperimentConfig(_Model):
         if len(self.guests) > 125:
             raise ValueError("guests: at most 125 (owner ids are 7 bits: 0 host, 1 hyp)")
 
+    def _check_rmap(self, geom: Geometry) -> None:
+        """hyp.rmap and the shared_frames workload: kvm mode, page mappings only."""
+        def shared(w) -> bool:
+            return w is not None and (w.type == "shared_frames" or (
+                w.type == "phases" and any(shared(p) for p in w.phases)))
+        others = [("host.workload", self.host.workload)] + [
+            (f"guests[{i}].workload", g.workload) for i, g in enumerate(self.guests)]
+        if self.hyp.mode == "pkvm":
+            others.append(("workload", self.workload))
+        elif self.workload is not None and self.workload.type == "phases":
+            others.append(("workload", self.workload))
+        for where, w in others:
+            if shared(w):
+                raise ValueError(f"{where}: shared_frames is the top-level workload of kvm mode "
+                                 "only (its guest pages alias host frames)")
+        w = self.workload
+        if self.hyp.mode == "kvm" and w is not None and w.type == "shared_frames":
+            if self.hyp.rmap != "pte_list":
+                raise ValueError("hyp.rmap: the shared_frames workload drops its mappings "
+                                 "through the reverse map: set hyp.rmap: pte_list")
+            if w.page != geom.page_size:
+                raise ValueError(f"workload.page: {format_size(w.page)} is not the "
+                                 f"{self.machine.granule} page size")
+        if self.hyp.rmap == "none":
+            return
+        if self.hyp.mode != "kvm":
+            raise ValueError("hyp.rmap: the reverse map is modelled in kvm mode only")
+        want = self.mapping_size() or self.backing_size()
+        if want != geom.page_size:
+            raise ValueError(f"hyp.rmap: the reverse map is modelled for page mappings only: "
+                             f"set guest.mapping to {self.machine.granule}")
+        if self.guest.premap:
+            raise ValueError("hyp.rmap: guest.premap maps without faults, so nothing would "
+                             "enter the reverse map: set guest.premap: false")
+
     @property
     def geometry(self) -> Geometry:
         return Geometry.from_granule(self.machine.granule, self.machine.ipa_bits)
@@ -530,7 +582,7 @@ def _format_loc(loc: tuple) -> str:
         if isinstance(p, int):
             parts.append(f"[{p}]")
         elif p in ("sequential", "uniform", "zipf", "stride", "phases", "lackey", "drmemtrace",
-                   "npy") and parts and parts[-1].startswith("workload"):
+                   "npy", "shared_frames") and parts and parts[-1].startswith("workload"):
             continue  # the discriminated union's tag adds nothing for the user
         else:
             parts.append(("." if parts else "") + str(p))

@@ -310,13 +310,15 @@ class GuestVM(VM):
         self.dirty = np.zeros(0, dtype=np.bool_)
         # IPA ranges whose block-level entry is invalid while a table is replaced by a block
         self.windows: list[tuple[int, int]] = []
+        # kvm, shared_frames workload: the IPA whose host frame backs an IPA (simulator.rmapsim)
+        self.alias: Callable[[int], int] | None = None
 
     def placement(self, addrs: np.ndarray, kinds: np.ndarray, ctx: Context):
         return self._placement(addrs), kinds
 
     def pa_of(self, ipa: int) -> int:
         if self.chunk is None:
-            return self.pa_base + ipa
+            return self.pa_base + (ipa if self.alias is None else self.alias(ipa))
         return self.chunks[ipa // self.chunk] + ipa % self.chunk
 
     def sw_of(self, ipa: int) -> int:
@@ -464,6 +466,8 @@ class GuestVM(VM):
                 ctx.ctr.add("faults.spurious")
             op_cycles += m.op_costs.cycles(rep)
             m.apply_tlbis(self.vmid, self.geom.page_shift, rep)
+            if m.rmap is not None and rep.ret == 0:
+                op_cycles += m.rmap.on_map(start, bs)  # rmap_add() under the lock
         m.account_op(ctx.ctr, rep)
         yield from m.end_fault(ctx, self.lock, t0, op_cycles)
 
@@ -490,6 +494,8 @@ def _backing(backing: str, g: Geometry) -> int:
 
 class Machine:
     """The simulated machine for one variant (kvm mode: one guest; pkvm: see PkvmMachine)."""
+
+    rmap = None  # kvm mode with hyp.rmap: pte_list: a simulator.rmapsim.RmapAgent
 
     def __init__(self, cfg: ExperimentConfig, progress: Callable[[int, int], None] | None = None):
         self.cfg = cfg
@@ -541,6 +547,10 @@ class Machine:
             self.vm.contexts.append(ctx)
             self.contexts.append(ctx)
         self.totals = [getattr(s, "total", None) for s in streams]
+        if cfg.hyp.rmap == "pte_list":
+            from simulator.rmapsim import RmapAgent
+
+            self.rmap = RmapAgent(self)
 
     # -- hypervisor-side helpers ---------------------------------------------------------
     def apply_tlbis(self, vmid: int, page_shift: int, rep: P.OpReport) -> int:
@@ -666,7 +676,10 @@ class Machine:
             self.env.process(dirty_log_agent(self, self.vm))
         if isinstance(cfg.workload, PageTableTestSpec):
             return [self.env.process(page_table_test_driver(self))]
-        return [self.env.process(self.context_process(c)) for c in self.contexts]
+        procs = [self.env.process(self.context_process(c)) for c in self.contexts]
+        if self.rmap is not None:
+            procs.append(self.env.process(self.rmap.drop_phase(list(procs))))
+        return procs
 
     def run(self) -> dict:
         t0 = time.perf_counter()
@@ -716,6 +729,8 @@ class Machine:
             for k, val in figs.items():
                 if k != "seconds":
                     total[f"stage.{stage}.{k}"] = val
+        if self.rmap is not None:
+            total.update(self.rmap.counters())
         sim_cycles = int(self.env.now)
         return {
             **extra,

@@ -296,3 +296,40 @@ def test_pkvm_results_compare_on_the_host_scope_and_name_guest_metrics():
     assert not any(k.startswith("guest.") for k in m)
     g = values(v, ["guest.vm1.tlb.l2.mpka", "guest.vm1.aborts"])
     assert g == {"guest.vm1.tlb.l2.mpka": 250.0, "guest.vm1.aborts": 7}
+
+
+# --------------------------------------------------------------------------- compare a sweep
+
+
+def test_compare_a_sweep_prints_a_row_per_point_and_variant_and_plots(sweep_cfg, tmp_path):
+    run_sweep(Experiment(sweep_cfg), tmp_path / "s", workers=1)
+    png = tmp_path / "sweep.png"
+    r = cli("compare", str(tmp_path / "s"), "--counters", "walks,sim_cycles", "--plot", str(png))
+    assert r.returncode == 0, r.stderr
+    rows = [[c.strip() for c in ln.split("│")[1:-1]] for ln in r.stdout.splitlines()
+            if ln.count("│") >= 4]
+    # the swept keys in the order of the points (yaml.safe_dump sorted them), then the variant
+    recs = {(str(x["point"]["guest.vcpus"]), str(x["point"]["tlb.levels.l2.sets"]),
+             x["variant"]): x
+            for x in map(json.loads, (tmp_path / "s" / "results.jsonl").read_text().splitlines())}
+    assert len(rows) == len(recs) == 8
+    for row in rows:
+        assert row[3] == f"{recs[tuple(row[:3])]['counters']['walks']:,}"
+    # sorted by point (numbers as numbers), then variant name
+    assert [tuple(r[:3]) for r in rows] == [
+        (str(v), str(s), name) for v in (1, 2) for s in (32, 128) for name in ("big", "small")]
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    r2 = cli("compare", str(tmp_path / "s" / "results.jsonl"), "--counters", "walks,sim_cycles")
+    assert r2.returncode == 0 and r2.stdout == r.stdout.split("plot in")[0]
+
+
+def test_compare_sweep_errors(tmp_path, known):
+    (tmp_path / "empty").mkdir()
+    r = cli("compare", str(tmp_path / "empty"))
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "results.jsonl" in r.stderr
+    (tmp_path / "empty" / "results.jsonl").write_text("")
+    r = cli("compare", str(tmp_path / "empty"))
+    assert r.returncode == 2 and "no finished sweep point" in r.stderr
+    r = cli("compare", str(tmp_path / "empty"), str(known))
+    assert r.returncode == 2 and "one sweep" in r.stderr

@@ -1,9 +1,10 @@
 """Per-vCPU memory access streams: generators and trace readers (knows nothing of the simulator).
 
 A workload spec (``WorkloadSpec``: sequential, uniform, zipf, stride, phases, lackey,
-drmemtrace, npy) is a pydantic model; ``spec.build(n_vcpus, seed, memory, chunk)`` returns one
-``Stream`` per vCPU, an iterator of ``(addr uint64[n], kind uint8[n])`` chunks with kinds
-READ / WRITE / FETCH, generated lazily so long runs never hold every access in memory.
+drmemtrace, npy, shared_frames) is a pydantic model; ``spec.build(n_vcpus, seed, memory,
+chunk)`` returns one ``Stream`` per vCPU, an iterator of ``(addr uint64[n], kind uint8[n])``
+chunks with kinds READ / WRITE / FETCH, generated lazily so long runs never hold every access
+in memory.
 """
 
 from .errors import TraceError, WorkloadError
@@ -14,6 +15,7 @@ from .spec import (
     NpySpec,
     PhasesSpec,
     SequentialSpec,
+    SharedFramesSpec,
     StrideSpec,
     UniformSpec,
     WorkloadSpec,
@@ -41,6 +43,7 @@ __all__ = [
     "LackeySpec",
     "DrMemTraceSpec",
     "NpySpec",
+    "SharedFramesSpec",
     "parse_workload",
     "resolve_paths",
     "TraceError",

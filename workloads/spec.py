@@ -49,6 +49,7 @@ __all__ = [
     "LackeySpec",
     "DrMemTraceSpec",
     "NpySpec",
+    "SharedFramesSpec",
     "parse_workload",
     "resolve_paths",
     "vcpu_rngs",
@@ -448,11 +449,68 @@ class PageTableTestSpec(_Spec):
                    for st in PAGE_TABLE_TEST_STAGES]
         return [Stream((p for st in streams for p in st[v]), chunk,
                        total=sum(st[v].total for st in streams)) for v in range(n_vcpus)]
+class SharedFramesSpec(_Spec):
+    """``frames`` host frames, each mapped at ``mappings_per_frame`` guest pages (a shared-page
+    or page-merging scenario: pages KSM or THP merged, a file mapped many times), then dropped.
+
+    Guest page p, for p in [0, frames * mappings_per_frame), is at ``start + p * page``; it
+    aliases host frame ``p mod frames`` (consecutive pages hit different frames, so each frame's
+    mappings are spread over the whole range, every ``frames`` pages). vCPU v touches the pages
+    p = v, v + n_vcpus, v + 2 n_vcpus, ... in increasing order, one read at the start of each
+    page, ``passes`` times over. The stream is only these touches: the simulator (kvm mode, with
+    ``hyp.rmap: pte_list``) is what maps each page to its frame and, after every vCPU has
+    finished, drops the mappings as ``drop_by`` says.
+    """
+
+    type: Literal["shared_frames"] = Field(default="shared_frames", description="Workload type.")
+    frames: int = Field(ge=1, le=1 << 24, description="Host frames shared (N).")
+    mappings_per_frame: int = Field(ge=1, le=1 << 24, description="Guest pages mapping each "
+                                    "frame (M): each frame's reverse-map list length.")
+    start: Size = Field(default=0, description="Guest address of page 0.")
+    page: PositiveSize = Field(default=4096, description="Bytes per guest page (the stage-2 "
+                               "page size of the granule).")
+    passes: int = Field(default=1, ge=1, description="Times each vCPU goes over its pages "
+                        "(the first pass faults them in).")
+    drop_by: Literal["frame", "address"] = Field(
+        default="frame", description="How the mappings are dropped at the end: 'frame' (each "
+        "frame's mappings all at once through its reverse map, as merging pages or unmapping a "
+        "host range does: hyp.rmap_drop chooses how) or 'address' (page by page in guest "
+        "address order, each removed from its frame's list on its own, as zapping the page "
+        "tables that hold them does).")
+
+    @property
+    def pages(self) -> int:
+        return self.frames * self.mappings_per_frame
+
+    def frame_of(self, page_index: int) -> int:
+        """The host frame (0 .. frames-1) that guest page ``page_index`` aliases."""
+        return page_index % self.frames
+
+    def _build(self, n_vcpus: int, seed: int, memory: int, chunk: int) -> list[Stream]:
+        span = self.pages * self.page
+        if self.start + span > memory:
+            raise WorkloadError(f"shared_frames: {self.frames} x {self.mappings_per_frame} pages "
+                                f"of {format_size(self.page)} from {format_size(self.start)} "
+                                f"end at {format_size(self.start + span)}, beyond the guest "
+                                f"memory size {format_size(memory)}")
+        streams = []
+        for v in range(n_vcpus):
+            mine = len(range(v, self.pages, n_vcpus))
+            total = mine * self.passes
+            streams.append(Stream(self._chunks(v, n_vcpus, mine, chunk), chunk, total=total))
+        return streams
+
+    def _chunks(self, v: int, n_vcpus: int, mine: int, chunk: int) -> Iterator[Chunk]:
+        for _ in range(self.passes):
+            for i0 in range(0, mine, chunk):
+                n = min(chunk, mine - i0)
+                p = np.arange(i0, i0 + n, dtype=np.uint64) * np.uint64(n_vcpus) + np.uint64(v)
+                yield p * np.uint64(self.page) + np.uint64(self.start), np.zeros(n, np.uint8)
 
 
 WorkloadSpec = Annotated[
     Union[SequentialSpec, UniformSpec, ZipfSpec, StrideSpec, PhasesSpec, LackeySpec,
-          DrMemTraceSpec, NpySpec, PageTableTestSpec],
+          DrMemTraceSpec, NpySpec, PageTableTestSpec, SharedFramesSpec],
     Field(discriminator="type"),
 ]
 """Any workload spec, chosen by its ``type`` field."""
