@@ -723,14 +723,14 @@ class Machine:
             total[f"mappings.l{lvl}"] = leaves[lvl]
         total["lock.acquisitions"] = self.lock.acquisitions
         total["lock.contended"] = self.lock.contended
-        if self.rmap is not None:
-            total.update(self.rmap.counters())
         extra = {}
         for stage, figs in self.stages.items():
             extra[f"stage.{stage}_seconds"] = figs["seconds"]
             for k, val in figs.items():
                 if k != "seconds":
                     total[f"stage.{stage}.{k}"] = val
+        if self.rmap is not None:
+            total.update(self.rmap.counters())
         sim_cycles = int(self.env.now)
         return {
             **extra,
