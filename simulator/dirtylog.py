@@ -59,9 +59,7 @@ def start_logging(m: "Machine", vm: "GuestVM", ctr: "Counters"):
             m.apply_tlbis(vm.vmid, vm.geom.page_shift, rep)
             m.account_op(ctr, rep)
     # kvm_flush_remote_tlbs_memslot(): one flush of the VMID
-    for cpu in m.cpus:
-        m.machine_ctr.add("tlbi.entries", cpu.tlb.invalidate(vm.vmid))
-        cpu.wc.invalidate(vm.vmid, 0, 0, vm.geom.page_shift)
+    m.flush_vmid(vm.vmid, vm.geom.page_shift)
     ctr.add("tlbi.ops")
     cycles += cfg.costs.tlbi_vmid
     ctr.add("dirty_log.start_cycles", cycles)

@@ -225,6 +225,12 @@ class Cpu:
         # simpy.Resource they hold for a time slice each; None: one context, never contended
         self.slot = None
 
+    def invalidate(self, vmid: int, page_shift: int, lo: int = 0, hi: int = 0) -> int:
+        """Drop the TLB and walk-cache entries of ``vmid`` in [lo, hi) (lo == hi == 0: all of
+        them); returns the TLB entries removed."""
+        self.wc.invalidate(vmid, lo, hi, page_shift)
+        return self.tlb.invalidate(vmid, lo, hi)
+
 
 class Context:
     """Something that issues accesses (a guest vCPU or a host CPU): its stream, the CPU it
@@ -408,8 +414,7 @@ class GuestVM(VM):
             # a TLB conflict abort: the handler invalidates this CPU's TLB for the VMID and
             # returns; the access is replayed (no lock, no page-table work)
             ctx.ctr.add("tlb_conflict_aborts")
-            ctx.cpu.tlb.invalidate(self.vmid)
-            ctx.cpu.wc.invalidate(self.vmid, 0, 0, self.geom.page_shift)
+            ctx.cpu.invalidate(self.vmid, self.geom.page_shift)
             ctx.debt += costs.tlb_conflict_abort
             return
         if any(lo <= ipa < hi for lo, hi in self.windows):
@@ -558,14 +563,15 @@ class Machine:
         the TLB entries removed (counted in tlbi.entries)."""
         removed = 0
         for rec in rep.tlbis:
-            for cpu in self.cpus:
-                if rec.kind == "vmid":
-                    removed += cpu.tlb.invalidate(vmid)
-                    cpu.wc.invalidate(vmid, 0, 0, page_shift)
-                else:
-                    lo, hi = rec.addr, rec.addr + rec.size
-                    removed += cpu.tlb.invalidate(vmid, lo, hi)
-                    cpu.wc.invalidate(vmid, lo, hi, page_shift)
+            lo, hi = (0, 0) if rec.kind == "vmid" else (rec.addr, rec.addr + rec.size)
+            removed += sum(cpu.invalidate(vmid, page_shift, lo, hi) for cpu in self.cpus)
+        self.machine_ctr.add("tlbi.entries", removed)
+        return removed
+
+    def flush_vmid(self, vmid: int, page_shift: int) -> int:
+        """TLBI VMALLS12E1IS outside a page-table operation: every CPU drops the VMID's
+        entries (counted in tlbi.entries)."""
+        removed = sum(cpu.invalidate(vmid, page_shift) for cpu in self.cpus)
         self.machine_ctr.add("tlbi.entries", removed)
         return removed
 

@@ -298,9 +298,7 @@ class PkvmMachine(Machine):
         self.machine_ctr.add("pgtable.pages_returned", rep.tables_freed)
         if cfg.hyp.teardown_tlbi:
             # the VMID is flushed on every CPU before the VMID can be reused
-            for cpu in self.cpus:
-                self.machine_ctr.add("tlbi.entries", cpu.tlb.invalidate(gvm.vmid))
-                cpu.wc.invalidate(gvm.vmid, 0, 0, gvm.geom.page_shift)
+            self.flush_vmid(gvm.vmid, gvm.geom.page_shift)
             ctr.add("tlbi.ops")
             cycles += cfg.costs.tlbi_vmid
         yield env.timeout(cycles)
