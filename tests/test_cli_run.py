@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
+from cfgutil import apply_overrides
 from simulator.config import Experiment
 from simulator.engine import run_config
 
@@ -44,12 +45,7 @@ def write_config(tmp: Path, workload: dict, **over) -> Path:
                 "walk_cache": {"entries_per_level": 0}},
         "workload": workload,
     }
-    for key, value in over.items():
-        node = cfg
-        parts = key.split("__")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
+    apply_overrides(cfg, over)
     path = tmp / "exp.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

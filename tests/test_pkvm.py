@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from cfgutil import apply_overrides
 from simulator.arch import descriptors as D
 from simulator.arch.geometry import Geometry
 from simulator.config import ConfigError, Experiment
@@ -187,12 +188,7 @@ def pkvm_cfg(tmp_path, **over) -> Experiment:
              "start": "40ms"},
         ],
     }
-    for key, value in over.items():
-        node = cfg
-        parts = key.split("__")
-        for p in parts[:-1]:
-            node = node[p]
-        node[parts[-1]] = value
+    apply_overrides(cfg, over)
     path = tmp_path / "pk.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return Experiment(path)

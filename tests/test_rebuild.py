@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
+from cfgutil import apply_overrides
 from simulator.arch import descriptors as D
 from simulator.config import Experiment
 from simulator.engine import Machine, run_config
@@ -113,12 +114,7 @@ def experiment(tmp_path, **over) -> Experiment:
            "guest": {"memory": "8MiB", "vcpus": 2, "mapping": "largest", "backing": "thp"},
            "engine": {"mmu_lock": "exclusive"},
            "workload": {"type": "page_table_test"}}
-    for key, value in over.items():
-        node = cfg
-        parts = key.split("__")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
+    apply_overrides(cfg, over)
     path = tmp_path / "rb.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return Experiment(path)

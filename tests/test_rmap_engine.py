@@ -9,6 +9,7 @@ import math
 import pytest
 import simpy
 
+from cfgutil import apply_overrides
 from simulator.arch import descriptors as D
 from simulator.config import ConfigError, validate
 from simulator.engine import Machine, run_config
@@ -33,12 +34,7 @@ def config(frames: int = 3, per_frame: int = 5, *, ext: int = 3, drop: str = "ba
         "workload": {"type": "shared_frames", "frames": frames, "mappings_per_frame": per_frame,
                      "drop_by": drop_by},
     }
-    for key, value in over.items():
-        node = data
-        parts = key.split("__")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
+    apply_overrides(data, over)
     return validate(data, "test")
 
 

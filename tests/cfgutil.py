@@ -1,0 +1,15 @@
+"""Building test configs: keyword overrides with ``__`` for nesting."""
+
+from __future__ import annotations
+
+
+def apply_overrides(cfg: dict, over: dict) -> dict:
+    """Set each ``a__b__c=value`` of ``over`` as ``cfg["a"]["b"]["c"]`` (creating the
+    intermediate mappings); returns ``cfg``."""
+    for key, value in over.items():
+        node = cfg
+        parts = key.split("__")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return cfg
