@@ -179,6 +179,19 @@ def _find(head_val, dsptes, dcount, dmore, spte, out):
 
 
 @jit
+def _alloc_desc(dsptes, free_stack, meta, out):
+    """mmu_alloc_pte_list_desc(): a zeroed descriptor from the free stack, or -1 if none."""
+    top = meta[M_FREE_TOP]
+    if top == 0:
+        return -1
+    d = free_stack[top - 1]
+    meta[M_FREE_TOP] = top - 1
+    out[CTR_DESC_ALLOCATED] += 1
+    dsptes[d, :] = 0
+    return d
+
+
+@jit
 def _remove_entry(head, dsptes, dcount, dmore, free_stack, meta, frame, d, i, out):
     """pte_list_desc_remove_entry(): move the head descriptor's last entry into slot ``i`` of
     descriptor ``d``; free the head if that leaves it empty (the rmap head becomes its
@@ -232,14 +245,9 @@ def rmap_op(head, dsptes, dcount, dmore, dtail, free_stack, meta, leaf, op, fram
             head[frame] = spte << 1
         elif hv & 1 == 0:
             # 1 -> many: a descriptor holding the inline spte and the new one
-            top = meta[M_FREE_TOP]
-            if top == 0:
+            d = _alloc_desc(dsptes, free_stack, meta, out)
+            if d < 0:
                 return ERR_NO_DESC
-            d = free_stack[top - 1]
-            meta[M_FREE_TOP] = top - 1
-            out[CTR_DESC_ALLOCATED] += 1
-            for k in range(ext):
-                dsptes[d, k] = 0
             dsptes[d, 0] = hv >> 1
             dsptes[d, 1] = spte
             dcount[d] = 2
@@ -253,14 +261,9 @@ def rmap_op(head, dsptes, dcount, dmore, dtail, free_stack, meta, leaf, op, fram
             ret = dtail[h] + dcount[h]
             if dcount[h] == ext:
                 # tail descriptors are kept full: a new head
-                top = meta[M_FREE_TOP]
-                if top == 0:
+                d = _alloc_desc(dsptes, free_stack, meta, out)
+                if d < 0:
                     return ERR_NO_DESC
-                d = free_stack[top - 1]
-                meta[M_FREE_TOP] = top - 1
-                out[CTR_DESC_ALLOCATED] += 1
-                for k in range(ext):
-                    dsptes[d, k] = 0
                 dmore[d] = h
                 dcount[d] = 0
                 dtail[d] = ret
