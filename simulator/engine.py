@@ -49,6 +49,7 @@ from simulator.mmu.batch import (
 )
 from simulator.mmu.walk import W_CONFLICT, W_PERMISSION
 from simulator.dirtylog import dirty_log_agent, page_table_test_driver
+from simulator.hyp.host import STATE_SHARED_BORROWED
 from simulator.rebuild import rebuild_block
 from workloads.spec import PageTableTestSpec
 
@@ -327,11 +328,13 @@ class GuestVM(VM):
             return self.pa_base + (ipa if self.alias is None else self.alias(ipa))
         return self.chunks[ipa // self.chunk] + ipa % self.chunk
 
+    def is_shared(self, ipa: int) -> bool:
+        """pkvm: is ``ipa`` in the part of guest memory the host shares (not donates)?"""
+        return self.shared_from is not None and ipa >= self.shared_from
+
     def sw_of(self, ipa: int) -> int:
         """The pKVM page state a mapping at ``ipa`` carries in its software bits."""
-        if self.shared_from is not None and ipa >= self.shared_from:
-            return 2  # PKVM_PAGE_SHARED_BORROWED (SW1)
-        return 0
+        return STATE_SHARED_BORROWED if self.is_shared(ipa) else 0
 
     def _premap_ranges(self):
         """Memslots cut at the shared boundary: (base, size) runs of one page state."""

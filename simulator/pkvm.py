@@ -208,16 +208,13 @@ class PkvmMachine(Machine):
         self.host.lock.release()
         return rep
 
-    def is_shared(self, gvm: GuestVM, k: int) -> bool:
-        return gvm.shared_from is not None and k * gvm.chunk >= gvm.shared_from
-
     def donate_chunk(self, gvm: GuestVM, k: int, ctr: Counters):
         """Back chunk ``k`` of the guest: donated, or shared by the host for the guest's
         shared part (``guests[].shared``)."""
         got = self.phys.alloc_chunks(1, gvm.chunk)
         if got is None:
             raise SimulationError(f"guests.{gvm.name}.memory", "host memory exhausted")
-        shared = self.is_shared(gvm, k)
+        shared = gvm.is_shared(k * gvm.chunk)
         yield from self.hypercall_op(ctr, got[0], gvm.chunk, "share" if shared else "donate",
                                      gvm.owner_id)
         gvm.chunks[k] = got[0]
@@ -229,7 +226,7 @@ class PkvmMachine(Machine):
         pa = gvm.chunks[k]
         gvm.chunks[k] = None  # taken out first: nobody else reclaims it meanwhile
         pages = gvm.chunk >> self.host_geom.page_shift
-        if self.is_shared(gvm, k):
+        if gvm.is_shared(k * gvm.chunk):
             yield from self.hypercall_op(ctr, pa, gvm.chunk, "unshare", gvm.owner_id)
             self.machine_ctr.add("unshare.pages", pages)
             return
