@@ -85,16 +85,6 @@ def dirty_log_agent(m: "Machine", vm: "GuestVM"):
         stop_logging(vm)
 
 
-def _totals(m: "Machine") -> dict[str, int]:
-    tot: dict[str, int] = {}
-    for ctx in m.contexts:
-        for k, val in ctx.counters().items():
-            tot[k] = tot.get(k, 0) + val
-    for k, val in m.machine_ctr.c.items():
-        tot[k] = tot.get(k, 0) + val
-    return tot
-
-
 def page_table_test_driver(m: "Machine"):
     """Run CREATE, UPDATE (logging on) and ADJUST (logging off) for every vCPU, each stage
     timed from its start until the last vCPU finishes it."""
@@ -112,14 +102,14 @@ def page_table_test_driver(m: "Machine"):
             stop_logging(vm)
         streams = spec.stage_streams(stage, n, cfg.guest.memory, large, g.page_size,
                                      cfg.engine.chunk)
-        before = _totals(m)
+        before = m.counter_totals()
         t0 = env.now
         procs = []
         for ctx, stream in zip(m.contexts, streams):
             ctx.stream = stream
             procs.append(env.process(m.context_process(ctx)))
         yield simpy.AllOf(env, procs)
-        after = _totals(m)
+        after = m.counter_totals()
         cycles = int(env.now - t0)
         m.stages[stage] = {"cycles": cycles, "seconds": seconds(cycles, cfg.machine.clock_ghz),
                            **{k: after.get(k, 0) - before.get(k, 0) for k in STAGE_KEYS}}

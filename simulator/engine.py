@@ -706,17 +706,23 @@ class Machine:
         """Called once every process has ended, before the results are gathered."""
 
     # -- results -------------------------------------------------------------------------
-    def results(self, host_seconds: float) -> dict:
-        per_vcpu = []
+    def counter_totals(self, per_vcpu: list | None = None) -> dict[str, int]:
+        """Every context's counters added up, plus the machine's (each context's own dict
+        is appended to ``per_vcpu`` when given)."""
         total: dict[str, int] = {}
         for ctx in self.contexts:
             c = ctx.counters()
-            per_vcpu.append(c)
+            if per_vcpu is not None:
+                per_vcpu.append(c)
             for k, val in c.items():
                 total[k] = total.get(k, 0) + val
-        total["cycles"] = sum(ctx.done_at for ctx in self.contexts)
         for k, val in self.machine_ctr.c.items():
             total[k] = total.get(k, 0) + val
+        return total
+
+    def results(self, host_seconds: float) -> dict:
+        per_vcpu: list = []
+        total = self.counter_totals(per_vcpu)  # "cycles": the contexts' end times added up
         for key in ("tlbi.ops", "tlbi.entries", "pgtable.pages_allocated", "pgtable.pages_freed",
                     "fault_cycles", "lock_wait_cycles", "cmo.bytes", "faults.in_window",
                     "tlb_conflict_aborts", "rebuild.blocks", "rebuild.window_cycles",
