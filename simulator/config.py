@@ -372,6 +372,11 @@ class EngineConfig(_Model):
     max_cycles: int | None = Field(default=None, gt=0, description="Stop the run at this "
                                    "simulated time (cycles).")
     chunk: int = Field(default=1 << 16, ge=1024, description="Accesses generated per chunk.")
+    backend: Literal["auto", "simpy", "jit"] = Field(
+        default="auto", description="What runs the vCPUs: 'simpy' (a SimPy process per vCPU, "
+        "the reference), 'jit' (the jitted vCPU loop: the same model and counters, for "
+        "kvm-mode runs without hyp.rmap or a timed dirty-logging agent), 'auto' (jit where "
+        "it applies).")
 
 
 # ---------------------------------------------------------------------------------------
@@ -420,6 +425,7 @@ class ExperimentConfig(_Model):
         if self.hyp.mode == "pkvm":
             self._check_pkvm(geom)
         self._check_page_table_test()
+        self._check_backend()
         ipa_limit = 1 << self.machine.ipa_bits
         for i, slot in enumerate(self.guest.slots()):
             if slot.size <= 0 or slot.size % geom.page_size:
@@ -464,6 +470,18 @@ class ExperimentConfig(_Model):
                                      f"a leaf size of the {self.machine.granule} granule")
         self._check_rmap(geom)
         return self
+
+    def _check_backend(self) -> None:
+        if self.engine.backend != "jit":
+            return
+        d = self.hyp.dirty_log
+        why = ("hyp.mode is pkvm" if self.hyp.mode == "pkvm" else
+               "hyp.rmap is pte_list" if self.hyp.rmap != "none" else
+               "hyp.dirty_log has a timed agent (enable_at/disable_at)"
+               if d.enable_at is not None or d.disable_at is not None else None)
+        if why:
+            raise ValueError(f"engine.backend: jit runs kvm-mode vCPUs only; here {why} "
+                             "(use auto or simpy)")
 
     def _check_page_table_test(self) -> None:
         from workloads.spec import PageTableTestSpec

@@ -104,11 +104,9 @@ def page_table_test_driver(m: "Machine"):
                                      cfg.engine.chunk)
         before = m.counter_totals()
         t0 = env.now
-        procs = []
         for ctx, stream in zip(m.contexts, streams):
             ctx.stream = stream
-            procs.append(env.process(m.context_process(ctx)))
-        yield simpy.AllOf(env, procs)
+        yield simpy.AllOf(env, m.vcpu_processes(m.contexts))
         after = m.counter_totals()
         cycles = int(env.now - t0)
         m.stages[stage] = {"cycles": cycles, "seconds": seconds(cycles, cfg.machine.clock_ghz),

@@ -458,7 +458,8 @@ class GuestVM(VM):
                 yield from m.end_fault(ctx, self.lock, t0, op_cycles)
                 return
             rep = self.s2.map(start, bs, self.pa_of(start), prot, handle_fault=True,
-                              sw=self.sw_of(start), force_pte=self.logging)
+                              sw=self.sw_of(start), force_pte=self.logging,
+                              shared=not self.lock.exclusive)
             if rep.ret == -P.ENOMEM:
                 # the fault returns -ENOMEM to its caller, which tops up and re-enters the
                 # guest: the access faults again. Only a pool that never refills stops the run.
@@ -471,7 +472,10 @@ class GuestVM(VM):
             else:
                 ctx.enomem_streak = 0
             if rep.ret == -P.EAGAIN:
+                # another walker got there first (or holds the entry locked): the replay
+                # may fault again while it works, which is no sign of a stuck handler
                 ctx.ctr.add("faults.spurious")
+                ctx.repeats = 0
             op_cycles += m.op_costs.cycles(rep)
             m.apply_tlbis(self.vmid, self.geom.page_shift, rep)
             if m.rmap is not None and rep.ret == 0:
@@ -504,6 +508,7 @@ class Machine:
     """The simulated machine for one variant (kvm mode: one guest; pkvm: see PkvmMachine)."""
 
     rmap = None  # kvm mode with hyp.rmap: pte_list: a simulator.rmapsim.RmapAgent
+    loop = None  # the jitted vCPU loop (simulator.vcpuloop.VcpuLoop) when it runs the vCPUs
 
     def __init__(self, cfg: ExperimentConfig, progress: Callable[[int, int], None] | None = None):
         self.cfg = cfg
@@ -674,8 +679,22 @@ class Machine:
             yield self.env.timeout(period)
             self.progress(self.done_accesses, total)
 
+    def vcpu_processes(self, contexts: list[Context]) -> list:
+        """Start running ``contexts`` from the beginning of their streams: one SimPy process
+        each, or one process driving the jitted vCPU loop (``engine.backend``)."""
+        if self.loop is not None:
+            return [self.env.process(self.loop.process(contexts))]
+        return [self.env.process(self.context_process(c)) for c in contexts]
+
     def start(self) -> list:
         cfg = self.cfg
+        from simulator.vcpuloop import VcpuLoop, eligible
+
+        why = eligible(self)
+        if cfg.engine.backend == "jit" and why is not None:
+            raise SimulationError("engine.backend", f"jit: {why}")
+        if cfg.engine.backend != "simpy" and why is None:
+            self.loop = VcpuLoop(self)
         if cfg.guest.premap:
             self.vm.premap()
         if cfg.hyp.rebuild == "ttrem" and cfg.machine.bbm_level == 2:
@@ -685,7 +704,7 @@ class Machine:
             self.env.process(dirty_log_agent(self, self.vm))
         if isinstance(cfg.workload, PageTableTestSpec):
             return [self.env.process(page_table_test_driver(self))]
-        procs = [self.env.process(self.context_process(c)) for c in self.contexts]
+        procs = self.vcpu_processes(self.contexts)
         if self.rmap is not None:
             procs.append(self.env.process(self.rmap.drop_phase(list(procs))))
         return procs

@@ -64,6 +64,7 @@ F_SKIP_BBM_TLBI = 1 << 4
 F_SKIP_CMO = 1 << 5
 F_COALESCE = 1 << 6  # seed 000: TABLE_POST zaps a table whose refcount fell to 1
 F_OWNER = 1 << 7  # map an owner annotation (phys = KVM_PHYS_INVALID)
+F_SHARED = 1 << 8  # KVM_PGTABLE_WALK_SHARED: under the read lock, a locked entry is -EAGAIN
 
 # ---- errno -----------------------------------------------------------------------------
 EPERM = 1
@@ -303,7 +304,9 @@ def _break_pte(row, idx, level, ctx_addr, old, tables, refcnt, free, meta, page_
                flags, rule, stat, rep, tlog):
     """stage2_try_break_pte(): lock the entry, invalidate what it mapped, drop its count."""
     if (old & VALID) == U(0) and (old & LOCKED) != U(0):
-        rep[R_WARN] += 1  # an exclusive walker never meets a locked entry
+        # another walker is replacing it; an exclusive walker never meets one
+        if (flags & F_SHARED) == 0:
+            rep[R_WARN] += 1
         return False
     _store(tables, row, idx, LOCKED, level, stat, rep)
     if (flags & F_SKIP_BBM_TLBI) == 0:
@@ -999,13 +1002,16 @@ class Stage2:
     # -- operations ----------------------------------------------------------------------
     def map(self, ipa: int, size: int, phys: int, prot: int = D.PROT_RWX, *,
             force_pte: bool = False, handle_fault: bool = False, attr: int | None = None,
-            sw: int = 0) -> OpReport:
+            sw: int = 0, shared: bool = False) -> OpReport:
         """kvm_pgtable_stage2_map(): map [ipa, ipa + size) to ``phys`` with blocks wherever
-        kvm_block_mapping_supported() allows, tables below otherwise."""
+        kvm_block_mapping_supported() allows, tables below otherwise. ``shared``: a walk
+        under the MMU read lock, which backs off (-EAGAIN) from an entry another walker has
+        locked."""
         if attr is None:
             attr = D.prot_attr(prot)
         attr |= sw << D.SW_SHIFT
-        flags = (F_FORCE_PTE if force_pte else 0) | (F_HANDLE_FAULT if handle_fault else 0)
+        flags = ((F_FORCE_PTE if force_pte else 0) | (F_HANDLE_FAULT if handle_fault else 0)
+                 | (F_SHARED if shared else 0))
         phys &= ~self._mask  # kvm_pgtable_stage2_map(): .phys = ALIGN_DOWN(phys, PAGE_SIZE)
         return self._walk(OP_MAP, ipa, size, phys=phys, attr=attr, flags=flags,
                           reserve=self._tables_needed(ipa, size))
