@@ -292,8 +292,8 @@ def _locate(tables, pr, ipa, level, out):
 
 @jit
 def advance(horizon, pr, fp, block_levels, slots, g, st, ec, tc, ht, hs, hc, q, qw, win,
-            addrs2, kinds2, tables, refcnt, free, meta, stat, rep, tlog, dirty,
-            key2, stamp2, tpa2, tperm2, off, sets, ways, lat, sizes, serves,
+            addrs2, kinds2, tables, refcnt, free, meta, stat, rep, tlog, stk, dirty,
+            key2, stamp2, tpa2, tperm2, off, sets, ways, lat, sizes, serves, lay,
             wc_tag3, wc_row3, wc_stamp3, clock2, costs, ctr2, fault2, owner):
     """Run the vCPUs' events in SimPy's order until one of the RET_* conditions."""
     ps = pr[P_PAGE_SHIFT]
@@ -331,7 +331,7 @@ def advance(horizon, pr, fp, block_levels, slots, g, st, ec, tc, ht, hs, hc, q, 
                 i, used, status = run_batch(
                     addrs2[c], kinds2[c], before, st[c, S_LEN], pr[P_QUANTUM], vmid, tables,
                     pr[P_TBASE], ps, pr[P_ROOT], pr[P_START_LEVEL], pr[P_IA_BITS], key2[c],
-                    stamp2[c], tpa2[c], tperm2[c], off, sets, ways, lat, sizes, serves,
+                    stamp2[c], tpa2[c], tperm2[c], off, sets, ways, lat, sizes, serves, lay,
                     wc_tag3[c], wc_row3[c], wc_stamp3[c], clock2[c], costs, ctr2[c],
                     fault2[c], owner, 0, 0)
                 st[c, S_POS] = i
@@ -436,7 +436,7 @@ def advance(horizon, pr, fp, block_levels, slots, g, st, ec, tc, ht, hs, hc, q, 
                     pgtable_walk(OP_GET_LEAF, tables, refcnt, free, meta, pr[P_TBASE], ps,
                                  pr[P_ROOT], pr[P_START_LEVEL], pr[P_IA_BITS], U(lo),
                                  U(lo + page), U(0), U(0), 0, pr[P_FLAGS], pr[P_RULE], stat,
-                                 rep, tlog)
+                                 rep, tlog, stk)
                     leaf_level = rep[R_LEAF_LEVEL]
                 if fstatus == W_PERMISSION and not (logging and leaf_level < 3):
                     clear_bits = D.XN if kind == FETCH else U(0)
@@ -445,7 +445,7 @@ def advance(horizon, pr, fp, block_levels, slots, g, st, ec, tc, ht, hs, hc, q, 
                     pgtable_walk(OP_ATTR, tables, refcnt, free, meta, pr[P_TBASE], ps,
                                  pr[P_ROOT], pr[P_START_LEVEL], pr[P_IA_BITS], U(lo),
                                  U(lo + page), clear_bits, set_bits, 0,
-                                 F_HANDLE_FAULT | pr[P_FLAGS], pr[P_RULE], stat, rep, tlog)
+                                 F_HANDLE_FAULT | pr[P_FLAGS], pr[P_RULE], stat, rep, tlog, stk)
                     tlb_invalidate(vmid, U(lo), U(lo + page), key2[c], off, sets, ways, sizes,
                                    ps)
                     opc += _op_cycles(rep, pr, fp) + pr[P_PERM_HANDLER] + pr[P_TLBI_IPA]
@@ -481,7 +481,7 @@ def advance(horizon, pr, fp, block_levels, slots, g, st, ec, tc, ht, hs, hc, q, 
                     pgtable_walk(OP_MAP, tables, refcnt, free, meta, pr[P_TBASE], ps,
                                  pr[P_ROOT], pr[P_START_LEVEL], pr[P_IA_BITS], U(start),
                                  U(start + bs), U((pr[P_PA_BASE] + start) & ~(page - 1)), U(attr), 0, flags,
-                                 pr[P_RULE], stat, rep, tlog)
+                                 pr[P_RULE], stat, rep, tlog, stk)
                     if rep[R_RET] == -P.ENOMEM:
                         g[G_ERR] = ERR_ENOMEM
                         g[G_ERR_CTX] = c
@@ -715,6 +715,7 @@ class VcpuLoop:
             ctx.mmu.fault = self.fault[i]
         self.tlb_geom = (t0.off, t0.sets, t0.ways, t0.latency, t0.sizes, t0.serves)
         self.costs = self.ctxs[0].mmu.costs
+        self.layout = self.ctxs[0].mmu.layout
         self.owner = self.ctxs[0].mmu.owner
         c = cfg.costs
         pr = np.zeros(N_PARAMS, dtype=np.int64)
@@ -827,9 +828,9 @@ class VcpuLoop:
         return advance(horizon, self.pr, self.fp, self.block_levels, self.slots, self.g,
                        self.st, self.ec, self.tc, self.ht, self.hs, self.hc, self.q, self.qw,
                        self.win, self.addrs, self.kinds, mem.tables, mem.refcnt, mem.free,
-                       mem.meta, s2.stat, s2._rep, s2._tlog, vm.dirty, self.tlb_key,
+                       mem.meta, s2.stat, s2._rep, s2._tlog, s2._stk, vm.dirty, self.tlb_key,
                        self.tlb_stamp, self.tlb_pa, self.tlb_perm, off, sets, ways, lat, sizes,
-                       serves, self.wc_tag, self.wc_row, self.wc_stamp, self.clock, self.costs,
+                       serves, self.layout, self.wc_tag, self.wc_row, self.wc_stamp, self.clock, self.costs,
                        self.ctr, self.fault, self.owner)
 
     def _refill(self, i: int, streams) -> None:

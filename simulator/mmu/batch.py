@@ -72,10 +72,55 @@ B_DONE = 0  # budget spent or accesses exhausted
 B_FAULT = 1
 
 
+# the per-hierarchy tables run_batch() probes and fills with (batch_layout()), int64 offsets
+L_PROBE = 0  # [lv * 3 + j]: the shifts level lv probes, smallest first
+L_NPROBE = L_PROBE + 3 * MAX_TLB_LEVELS  # [lv]: how many
+L_SETMASK = L_NPROBE + MAX_TLB_LEVELS  # [lv]: sets - 1, or -1 when sets is not a power of 2
+L_FILL_AT = L_SETMASK + MAX_TLB_LEVELS  # [lv * 4 + leaf]: the shift an entry of that leaf
+#                                         level is stored at in level lv (-1: not stored)
+L_FIRST_LV = L_FILL_AT + 4 * MAX_TLB_LEVELS  # [cls]: the first level serving the class
+L_FIRST_SHIFT = L_FIRST_LV + 2  # [cls]: that level's first-probed shift
+N_LAYOUT = L_FIRST_SHIFT + 2
+
+
+@jit
+def batch_layout(sets, sizes, serves, page_shift):
+    """The tables run_batch() derives from a TLB hierarchy's geometry (computed once per
+    hierarchy: they never change)."""
+    nlev = sets.shape[0]
+    lay = np.full(N_LAYOUT, -1, np.int64)
+    for lv in range(nlev):
+        n = 0
+        if (sets[lv] & (sets[lv] - 1)) == 0:
+            lay[L_SETMASK + lv] = sets[lv] - 1
+        for leaf in range(3, 0, -1):
+            if (sizes[lv] >> leaf) & 1:
+                lay[L_PROBE + lv * 3 + n] = (page_shift - 3) * (4 - leaf) + 3
+                n += 1
+        lay[L_NPROBE + lv] = n
+        for leaf in range(1, 4):
+            ls = (page_shift - 3) * (4 - leaf) + 3
+            for held in range(1, 4):
+                hs = (page_shift - 3) * (4 - held) + 3
+                if (sizes[lv] >> held) & 1 and hs <= ls:
+                    lay[L_FILL_AT + lv * 4 + leaf] = hs
+                    break
+    # Per access class (0 data, 1 instruction): the first level serving it, and the smallest
+    # size that level holds (probed first).
+    for c in range(2):
+        for lv in range(nlev):
+            if (serves[lv] >> c) & 1:
+                lay[L_FIRST_LV + c] = lv
+                break
+        if lay[L_FIRST_LV + c] >= 0:
+            lay[L_FIRST_SHIFT + c] = lay[L_PROBE + lay[L_FIRST_LV + c] * 3]
+    return lay
+
+
 @jit
 def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shift, root_row,
               start_level, ia_bits, key, stamp, tpa, tperm, off, sets, ways, lat, sizes, serves,
-              wc_tag, wc_row, wc_stamp, clock, costs, ctr, fault, owner, owner_base, me):
+              lay, wc_tag, wc_row, wc_stamp, clock, costs, ctr, fault, owner, owner_base, me):
     """Run accesses ``start .. stop`` until ``budget`` cycles are used or one faults.
 
     addrs (uint64), kinds (uint8: READ/WRITE/FETCH): the access stream.
@@ -101,10 +146,6 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
     cycles = 0
     now = clock[0]
     n_access = 0
-    n_kind = np.zeros(3, np.int64)
-    n_xlate = np.zeros(4, np.int64)
-    n_hit = np.zeros(MAX_TLB_LEVELS, np.int64)
-    n_miss = np.zeros(MAX_TLB_LEVELS, np.int64)
     n_walks = 0
     n_refs = 0
     n_wc = 0
@@ -116,43 +157,11 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
     pgd_shift = U((page_shift - 3) * (5 - start_level) + 3)
     min_block = 1 if page_shift == 12 else 2
     vtag = U(vmid) << U(46)
-    # Per-level tables computed once per call: the shifts each level probes (smallest
-    # first), its set mask (-1 when sets is not a power of two) and, per leaf level of an
-    # entry, the shift it is stored at (splintering; -1: not stored).
-    probe = np.full((nlev, 3), -1, np.int64)
-    nprobe = np.zeros(nlev, np.int64)
-    setmask = np.full(nlev, -1, np.int64)
-    fill_at = np.full((nlev, 4), -1, np.int64)
-    for lv in range(nlev):
-        if (sets[lv] & (sets[lv] - 1)) == 0:
-            setmask[lv] = sets[lv] - 1
-        for leaf in range(3, 0, -1):
-            if (sizes[lv] >> leaf) & 1:
-                probe[lv, nprobe[lv]] = (page_shift - 3) * (4 - leaf) + 3
-                nprobe[lv] += 1
-        for leaf in range(1, 4):
-            ls = (page_shift - 3) * (4 - leaf) + 3
-            for held in range(1, 4):
-                hs = (page_shift - 3) * (4 - held) + 3
-                if (sizes[lv] >> held) & 1 and hs <= ls:
-                    fill_at[lv, leaf] = hs
-                    break
-    # Per access class (0 data, 1 instruction): the first level serving it, and the smallest
-    # size that level holds (probed first). An access in the region of the entry of that
-    # level used last by its class, when the entry has that size and still holds the same
+    # An access in the region of the entry of the class's first level used last by its
+    # class, when the entry has that level's first-probed size and still holds the same
     # key, is exactly the hit a full probe would find (a key appears at most once in a set).
-    first_lv = np.full(2, -1, np.int64)
-    first_shift = np.full(2, -1, np.int64)
-    for c in range(2):
-        for lv in range(nlev):
-            if (serves[lv] >> c) & 1:
-                first_lv[c] = lv
-                break
-        if first_lv[c] >= 0:
-            first_shift[c] = probe[first_lv[c], 0]
-    last_e = np.full(2, -1, np.int64)
-    last_key = np.zeros(2, np.uint64)
-    last_vpn = np.zeros(2, np.uint64)
+    # last[cls]: that entry + 1 (0: none); last[2 + cls]: its key; last[4 + cls]: its VPN.
+    last = np.zeros(6, np.uint64)
     base_cost = costs[K_ACCESS]
     ref_cost = costs[K_MEM_REF]
     conflict_check = costs[K_CONFLICT]
@@ -164,12 +173,14 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
         cls = 1 if kind == FETCH else 0
         now += 1
         cyc = base_cost
-        le = last_e[cls] if conflict_check == 0 else -1
-        if le >= 0 and (a >> U(first_shift[cls])) == last_vpn[cls] and key[le] == last_key[cls]:
+        le = np.int64(last[cls]) - 1 if conflict_check == 0 else -1
+        flv = lay[L_FIRST_LV + cls]
+        fsh = lay[L_FIRST_SHIFT + cls]
+        if le >= 0 and (a >> U(fsh)) == last[4 + cls] and key[le] == last[2 + cls]:
             e = le
             stamp[e] = now
-            n_hit[first_lv[cls]] += 1
-            cyc += lat[first_lv[cls]]
+            ctr[C_TLB + 2 * flv] += 1
+            cyc += lat[flv]
             perm = np.int64(tperm[e])
         else:
             # ---- probe the levels serving this class, in order (tlb_lookup) ----
@@ -181,12 +192,13 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
                     continue
                 cyc += lat[lv]
                 nways = ways[lv]
-                for j in range(nprobe[lv]):
-                    shift = probe[lv, j]
+                smask = lay[L_SETMASK + lv]
+                for j in range(lay[L_NPROBE + lv]):
+                    shift = lay[L_PROBE + lv * 3 + j]
                     vpn = a >> U(shift)
                     k = vtag | (U(shift) << U(40)) | vpn
-                    if setmask[lv] >= 0:
-                        base = off[lv] + np.int64(vpn & U(setmask[lv])) * nways
+                    if smask >= 0:
+                        base = off[lv] + np.int64(vpn & U(smask)) * nways
                     else:
                         base = off[lv] + np.int64(vpn % U(sets[lv])) * nways
                     for w in range(nways):
@@ -197,12 +209,12 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
                         if conflict_check != 0:
                             # FEAT_BBM level 2 without nT: an entry of another size that
                             # also matches is a TLB conflict (ARM ARM D8.16.2)
-                            for j2 in range(j + 1, nprobe[lv]):
-                                shift2 = probe[lv, j2]
+                            for j2 in range(j + 1, lay[L_NPROBE + lv]):
+                                shift2 = lay[L_PROBE + lv * 3 + j2]
                                 vpn2 = a >> U(shift2)
                                 k2 = vtag | (U(shift2) << U(40)) | vpn2
-                                if setmask[lv] >= 0:
-                                    b2 = off[lv] + np.int64(vpn2 & U(setmask[lv])) * nways
+                                if smask >= 0:
+                                    b2 = off[lv] + np.int64(vpn2 & U(smask)) * nways
                                 else:
                                     b2 = off[lv] + np.int64(vpn2 % U(sets[lv])) * nways
                                 for w2 in range(nways):
@@ -211,10 +223,10 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
                         break
                 if e >= 0:
                     stamp[e] = now
-                    n_hit[lv] += 1
+                    ctr[C_TLB + 2 * lv] += 1
                     hit = lv
                     break
-                n_miss[lv] += 1
+                ctr[C_TLB + 2 * lv + 1] += 1
             if conflict:
                 fault[F_STATUS] = W_CONFLICT
                 fault[F_LEVEL] = 0
@@ -305,7 +317,7 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
             for lv in range(nfill):
                 if (serves[lv] >> cls) & 1 == 0:
                     continue
-                fill_shift = fill_at[lv, leaf_of_entry]
+                fill_shift = lay[L_FILL_AT + lv * 4 + leaf_of_entry]
                 if fill_shift < 0:
                     continue
                 fpa = U(pa)
@@ -313,8 +325,9 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
                     fpa += (a & ((U(1) << U(shift)) - U(1))) & ~((U(1) << U(fill_shift)) - U(1))
                 vpn = a >> U(fill_shift)
                 nways = ways[lv]
-                if setmask[lv] >= 0:
-                    base = off[lv] + np.int64(vpn & U(setmask[lv])) * nways
+                smask = lay[L_SETMASK + lv]
+                if smask >= 0:
+                    base = off[lv] + np.int64(vpn & U(smask)) * nways
                 else:
                     base = off[lv] + np.int64(vpn % U(sets[lv])) * nways
                 victim = base
@@ -329,18 +342,17 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
                 stamp[victim] = now
                 tpa[victim] = fpa
                 tperm[victim] = perm
-                if lv == first_lv[cls]:
+                if lv == flv:
                     e = victim
             # remember the class's first-level entry now holding this translation, when it
             # has that level's first-probed size
-            f = first_lv[cls]
-            if e >= off[f] and e < off[f] + sets[f] * ways[f] and \
-                    np.int64((key[e] >> U(40)) & U(63)) == first_shift[cls]:
-                last_e[cls] = e
-                last_key[cls] = key[e]
-                last_vpn[cls] = a >> U(first_shift[cls])
+            if e >= off[flv] and e < off[flv] + sets[flv] * ways[flv] and \
+                    np.int64((key[e] >> U(40)) & U(63)) == fsh:
+                last[cls] = U(e + 1)
+                last[2 + cls] = key[e]
+                last[4 + cls] = a >> U(fsh)
             else:
-                last_e[cls] = -1
+                last[cls] = U(0)
         if kind == READ:
             need = PERM_R
         elif kind == WRITE:
@@ -369,22 +381,14 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
                 if o != me and not (o & 0x80 and o != 0xFF and (me == 0 or (o & 0x7F) == me)):
                     n_violations += 1
         n_access += 1
-        n_kind[kind] += 1
-        n_xlate[perm >> PERM_LEVEL_SHIFT] += 1
+        ctr[C_READS + kind] += 1
+        ctr[C_XLATE + (perm >> PERM_LEVEL_SHIFT)] += 1
         cycles += cyc
         i += 1
         if cycles >= budget:
             break
     clock[0] = now
     ctr[C_ACCESSES] += n_access
-    ctr[C_READS] += n_kind[0]
-    ctr[C_WRITES] += n_kind[1]
-    ctr[C_FETCHES] += n_kind[2]
-    for lvl in range(1, 4):
-        ctr[C_XLATE + lvl] += n_xlate[lvl]
-    for lv in range(nlev):
-        ctr[C_TLB + 2 * lv] += n_hit[lv]
-        ctr[C_TLB + 2 * lv + 1] += n_miss[lv]
     ctr[C_WALKS] += n_walks
     ctr[C_WALK_REFS] += n_refs
     ctr[C_WC_HITS] += n_wc
@@ -414,6 +418,7 @@ class VcpuMMU:
         self.ctr = np.zeros(N_COUNTERS, dtype=np.int64)
         self.fault = np.zeros(N_FAULT, dtype=np.int64)
         self.costs = np.zeros(N_COSTS, dtype=np.int64)
+        self.layout = batch_layout(tlb.sets, tlb.sizes, tlb.serves, tlb.page_shift)
         if costs is not None:
             for k, v in costs.items():
                 self.costs[{"access": K_ACCESS, "mem_ref": K_MEM_REF, "wc_hit": K_WC_HIT,
@@ -427,7 +432,7 @@ class VcpuMMU:
         return run_batch(addrs, kinds, start, stop, budget, self.vmid, m.tables, m.base_pa,
                          g.page_shift, stage2.root, g.start_level, g.ipa_bits, t.key, t.stamp,
                          t.pa, t.perm, t.off, t.sets, t.ways, t.latency, t.sizes, t.serves,
-                         self.wc.tag, self.wc.row, self.wc.stamp, self.clock, self.costs,
+                         self.layout, self.wc.tag, self.wc.row, self.wc.stamp, self.clock, self.costs,
                          self.ctr, self.fault, self.owner, self.owner_base, self.owner_id)
 
     def counters(self) -> dict[str, int]:

@@ -271,8 +271,8 @@ def free_subtree(
             child = row
             d -= 1
             lvl -= 1
-            row = srow[d]
-            idx = sidx[d]
+            row = np.int64(srow[d])
+            idx = np.int64(sidx[d])
             # TABLE_POST on the entry pointing at the finished child
             if is_counted(tables[row, idx], lvl, rule):
                 pt_put(row, refcnt, free, meta, rep)
@@ -431,7 +431,7 @@ def _create_unlinked(phys, level, attr, force_pte, tables, refcnt, free, meta, b
 
 @jit
 def pgtable_walk(op, tables, refcnt, free, meta, base_pa, page_shift, root_row, start_level,
-                 ia_bits, addr, end, phys, attr, owner, flags, rule, stat, rep, tlog):
+                 ia_bits, addr, end, phys, attr, owner, flags, rule, stat, rep, tlog, stk):
     """kvm_pgtable_walk() over [addr, end) with the visitor of operation ``op``.
 
     tables, refcnt, free, meta: the page-table memory (rows, refcounts, free stack, meta).
@@ -444,6 +444,8 @@ def pgtable_walk(op, tables, refcnt, free, meta, base_pa, page_shift, root_row, 
     flags: F_* bits. rule: the "is this entry counted" rule (descriptors.COUNT_*).
     stat: per-stage-2 statistics (live leaves per level), updated in place.
     rep: report array (R_*), accumulated; tlog: TLBI log (TLOG_* columns).
+    stk: uint64[4, 5] scratch for the walk's stack (passed in: an allocation per walk
+    would cost more than a short walk).
     Returns 0 or a negative errno, also left in rep[R_RET].
     """
     entries = 1 << (page_shift - 3)
@@ -466,10 +468,11 @@ def pgtable_walk(op, tables, refcnt, free, meta, base_pa, page_shift, root_row, 
     want_leaf = True
     want_post = op == OP_UNMAP or op == OP_DESTROY or (op == OP_MAP and (flags & F_COALESCE) != 0)
 
-    srow = np.empty(5, np.int64)
-    sidx = np.empty(5, np.int64)
-    saddr = np.empty(5, np.uint64)
-    sold = np.empty(5, np.uint64)
+    # the stack of entries descended through: row, index, address, descriptor
+    srow = stk[0]
+    sidx = stk[1]
+    saddr = stk[2]
+    sold = stk[3]
     d = 0
     level = start_level
     row = root_row + np.int64((addr & (limit - U(1))) >> U(pgd_shift))
@@ -485,8 +488,8 @@ def pgtable_walk(op, tables, refcnt, free, meta, base_pa, page_shift, root_row, 
                 continue
             d -= 1
             level -= 1
-            row = srow[d]
-            idx = sidx[d]
+            row = np.int64(srow[d])
+            idx = np.int64(sidx[d])
             if want_post:
                 r = _visit_post(op, row, idx, level, saddr[d], sold[d], tables, refcnt, free,
                                 meta, base_pa, page_shift, flags, rule, stat, rep, tlog)
@@ -528,8 +531,8 @@ def pgtable_walk(op, tables, refcnt, free, meta, base_pa, page_shift, root_row, 
             addr = (addr & ~(gsz - U(1))) + gsz
             idx += 1
             continue
-        srow[d] = row
-        sidx[d] = idx
+        srow[d] = U(row)
+        sidx[d] = U(idx)
         saddr[d] = ctx_addr
         sold[d] = old
         d += 1
@@ -965,6 +968,7 @@ class Stage2:
         # scratch arrays reused by every operation (reports are copied out)
         self._rep = np.zeros(REPORT_SIZE, dtype=np.int64)
         self._tlog = np.zeros((TLOG_CAPACITY, 5), dtype=np.int64)
+        self._stk = np.zeros((4, 5), dtype=np.uint64)
         self._mask = (1 << geometry.page_shift) - 1
 
     # -- the one place that calls the kernel --------------------------------------------
@@ -983,7 +987,7 @@ class Stage2:
         pgtable_walk(op, mem.tables, mem.refcnt, mem.free, mem.meta, mem.base_pa, g.page_shift,
                      self.root, g.start_level, g.ipa_bits, U(start), U(end), U(phys & D.MASK64),
                      U(attr & D.MASK64), owner, flags | self.base_flags, self.rule, self.stat,
-                     rep, self._tlog)
+                     rep, self._tlog, self._stk)
         mem.after_op()
         return OpReport.from_arrays(rep, self._tlog)
 
