@@ -182,7 +182,7 @@ class CostsConfig(_Model):
                           "VMALLE1IS + DSB + ISB, broadcast, cycles.")
     tlbi_range: int = Field(default=300, ge=0, description="Range TLBI sequence, cycles.")
     tlbi_vmid: int = Field(default=400, ge=0, description="TLBI VMALLS12E1IS + DSB, cycles.")
-    cmo_bytes_per_cycle: float = Field(default=3.0, gt=0, description="dcache clean+invalidate "
+    cmo_bytes_per_cycle: float = Field(default=3.2, gt=0, description="dcache clean+invalidate "
                                        "to PoC throughput without FWB, bytes per cycle.")
     icache_bytes_per_cycle: float = Field(default=64.0, gt=0, description="icache invalidate "
                                           "to PoU throughput, bytes per cycle.")

@@ -1,0 +1,71 @@
+"""Host time of kvm_page_table_test at seed 003's size, on the jitted vCPU loop.
+
+Runs ``configs/page_table_test.yaml`` (20 GiB of 1 GiB hugetlb blocks, the 5.11 spinlock)
+for one variant at one vCPU count, ``--repeats`` times in fresh processes' worth of state
+(each run builds its own machine; the compiled kernels come from numba's cache), and prints
+the median host seconds, the simulated stage times and the fault rate. With ``--simpy`` it
+runs the SimPy reference engine instead (only sensible at reduced sizes: about 25 µs per
+fault).
+
+Usage: python benchmarks/bench_page_table_test.py [--vcpus 60] [--memory 20GiB]
+       [--variant bbm|install_first] [--repeats 3] [--simpy]
+Not part of the test suite (no timing assertions anywhere).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import yaml
+
+from simulator.config import apply_override, load_yaml, validate
+from simulator.engine import run_config
+
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "page_table_test.yaml"
+
+
+def config(vcpus: int, memory: str, variant: str, backend: str):
+    data = load_yaml(CONFIG)
+    over = data.pop("variants")[variant]
+    data.pop("sweep", None)
+    for key, value in {**over, "guest.vcpus": vcpus, "guest.memory": memory,
+                       "engine.backend": backend}.items():
+        apply_override(data, key, value)
+    return validate(data, str(CONFIG))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--vcpus", type=int, default=60)
+    ap.add_argument("--memory", default="20GiB")
+    ap.add_argument("--variant", default="bbm", choices=("bbm", "install_first"))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--simpy", action="store_true", help="run the SimPy reference engine")
+    a = ap.parse_args()
+    cfg = config(a.vcpus, a.memory, a.variant, "simpy" if a.simpy else "jit")
+    times = []
+    for _ in range(a.repeats):
+        t = time.perf_counter()
+        res = run_config(cfg)
+        times.append(time.perf_counter() - t)
+    c = res["counters"]
+    faults = c["translation_faults"] + c["permission_faults"]
+    med = statistics.median(times)
+    print(yaml.safe_dump({
+        "case": f"{a.memory}, {a.vcpus} vCPUs, {a.variant}, "
+                f"{'simpy' if a.simpy else 'jit'}",
+        "host_seconds": [round(x, 1) for x in times],
+        "host_seconds_median": round(med, 1),
+        "faults": faults,
+        "accesses": c["accesses"],
+        "host_us_per_fault": round(med / faults * 1e6, 3),
+        "stage_seconds": {k[6:-8]: round(v, 4) for k, v in res.items()
+                          if k.startswith("stage.") and k.endswith("_seconds")},
+    }, sort_keys=False), end="")
+
+
+if __name__ == "__main__":
+    main()
