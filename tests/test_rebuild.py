@@ -147,9 +147,12 @@ def test_the_bbm_window_is_far_longer_than_installing_first(tmp_path):
     for rebuild in ("bbm", "install_first"):
         r = run_config(experiment(tmp_path, hyp__rebuild=rebuild).variants["default"])
         t[rebuild] = r["counters"]["rebuild.window_cycles"]
-    # bbm: TLBI + subtree + CMO of 2 MiB at 3 bytes/cycle; install_first: the break only
+    # bbm: TLBI + subtree + CMO of 2 MiB at costs.cmo_bytes_per_cycle; install_first: the
+    # break only
+    from simulator.config import CostsConfig
+
     assert t["install_first"] == 4 * (400 + 4)  # the TLBI and the store that broke the entry
-    assert t["bbm"] > 4 * (2 * MIB // 3)
+    assert t["bbm"] > 4 * (400 + 4 + int(2 * MIB / CostsConfig().cmo_bytes_per_cycle))
 
 
 def window_run(tmp_path, rebuild: str) -> dict:
