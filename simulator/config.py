@@ -471,15 +471,22 @@ class ExperimentConfig(_Model):
         self._check_rmap(geom)
         return self
 
-    def _check_backend(self) -> None:
-        if self.engine.backend != "jit":
-            return
+    @property
+    def jit_unsupported(self) -> str | None:
+        """Why the jitted vCPU loop cannot run this experiment (None: it can): it runs
+        kvm-mode vCPUs whose only other actor is the page_table_test stage driver."""
         d = self.hyp.dirty_log
-        why = ("hyp.mode is pkvm" if self.hyp.mode == "pkvm" else
-               "hyp.rmap is pte_list" if self.hyp.rmap != "none" else
-               "hyp.dirty_log has a timed agent (enable_at/disable_at)"
-               if d.enable_at is not None or d.disable_at is not None else None)
-        if why:
+        if self.hyp.mode == "pkvm":
+            return "hyp.mode is pkvm"
+        if self.hyp.rmap != "none":
+            return "hyp.rmap is pte_list"
+        if d.enable_at is not None or d.disable_at is not None:
+            return "hyp.dirty_log has a timed agent (enable_at/disable_at)"
+        return None
+
+    def _check_backend(self) -> None:
+        why = self.jit_unsupported
+        if self.engine.backend == "jit" and why:
             raise ValueError(f"engine.backend: jit runs kvm-mode vCPUs only; here {why} "
                              "(use auto or simpy)")
 

@@ -17,7 +17,8 @@ at the next SimPy event (the horizon), or on an error. Same inputs, same counter
 test suite runs experiments through both and compares every counter.
 
 It serves kvm-mode runs whose only actors are the guest's vCPUs (no reverse map, no timed
-dirty-logging agent); :func:`eligible` says which. Everything else runs on SimPy.
+dirty-logging agent); ``ExperimentConfig.jit_unsupported`` says which. Everything
+else runs on SimPy.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ STRATEGY_BBM, STRATEGY_INSTALL_FIRST, STRATEGY_TTREM = 0, 1, 2
 # ---- per-vCPU state (int64 [n, N_STATE]) ---------------------------------------------------
 (S_STATE, S_POS, S_LEN, S_DEBT, S_STATUS, S_T0, S_TACQ, S_OPC, S_LAST_IDX, S_LAST_IPA,
  S_REPEATS, S_DONE_AT, S_IPA, S_KIND, S_FSTATUS, S_BEFORE, S_RB_ROW, S_RB_IDX, S_RB_LEVEL,
- S_RB_START, S_RB_NEW, S_RB_CHILD, S_RB_T0, S_RB_CARRY) = range(24)
+ S_RB_START, S_RB_NEW, S_RB_CHILD, S_RB_T0, S_SLOT) = range(24)
 N_STATE = 24
 
 # states: where a vCPU resumes (the code after a yield of the SimPy process it mirrors)
@@ -216,20 +217,23 @@ def _invalidate_cpu(cpu, vmid, lo, hi, page_shift, key2, off, sets, ways, sizes,
 
 
 @jit
+def _invalidate_all(lo, hi, pr, g, key2, off, sets, ways, sizes, wc_tag3):
+    """Every CPU drops the VMID's entries in [lo, hi) (0, 0: all), counted in tlbi.entries."""
+    for cpu in range(key2.shape[0]):
+        g[G_TLBI_ENTRIES] += _invalidate_cpu(cpu, pr[P_VMID], lo, hi, pr[P_PAGE_SHIFT], key2,
+                                             off, sets, ways, sizes, wc_tag3)
+
+
+@jit
 def _apply_tlbis(rep, tlog, pr, g, key2, off, sets, ways, sizes, wc_tag3):
     """Machine.apply_tlbis(): the operation's invalidations on every CPU."""
-    removed = 0
     for i in range(rep[R_TLBI_LOG_N]):
         if tlog[i, TLOG_KIND] == TLBI_VMID:
-            lo = 0
-            hi = 0
+            _invalidate_all(0, 0, pr, g, key2, off, sets, ways, sizes, wc_tag3)
         else:
             lo = tlog[i, TLOG_ADDR]
-            hi = lo + tlog[i, TLOG_SIZE]
-        for cpu in range(key2.shape[0]):
-            removed += _invalidate_cpu(cpu, pr[P_VMID], lo, hi, pr[P_PAGE_SHIFT], key2, off,
-                                       sets, ways, sizes, wc_tag3)
-    g[G_TLBI_ENTRIES] += removed
+            _invalidate_all(lo, lo + tlog[i, TLOG_SIZE], pr, g, key2, off, sets, ways, sizes,
+                            wc_tag3)
 
 
 @jit
@@ -252,8 +256,8 @@ def _grant_waiters(q, qw, g, ht, hs, hc, st, now):
 
 
 @jit
-def _block_for(ipa, slot_base, slot_size, pr, block_levels):
-    """GuestVM.block_for() (kvm: no donated chunks)."""
+def _block_level(ipa, slot_base, slot_size, pr, block_levels):
+    """GuestVM.block_for() (kvm: no donated chunks), as the level of the mapping."""
     ps = pr[P_PAGE_SHIFT]
     for j in range(block_levels.shape[0]):
         lvl = block_levels[j]
@@ -262,8 +266,8 @@ def _block_for(ipa, slot_base, slot_size, pr, block_levels):
             continue
         start = ipa & ~(bs - 1)
         if start >= slot_base and start + bs <= slot_base + slot_size:
-            return bs
-    return np.int64(1) << ps
+            return lvl
+    return 3
 
 
 @jit
@@ -365,11 +369,11 @@ def advance(horizon, pr, fp, block_levels, slots, g, st, ec, tc, ht, hs, hc, q, 
                     st[c, S_LAST_IPA] = ipa
                     st[c, S_REPEATS] = 0
                 # GuestVM.handle_fault()
-                inside = False
+                slot = -1
                 for k in range(slots.shape[0]):
                     if slots[k, 0] <= ipa < slots[k, 0] + slots[k, 1]:
-                        inside = True
-                if not inside:
+                        slot = k
+                if slot < 0:
                     g[G_ERR] = ERR_OUTSIDE
                     g[G_ERR_CTX] = c
                     g[G_ERR_IPA] = ipa
@@ -387,6 +391,7 @@ def advance(horizon, pr, fp, block_levels, slots, g, st, ec, tc, ht, hs, hc, q, 
                         tc[c, E_IN_WINDOW] = 1
                         break
                 st[c, S_IPA] = ipa
+                st[c, S_SLOT] = slot
                 st[c, S_KIND] = f[F_KIND]
                 st[c, S_FSTATUS] = fstatus
                 st[c, S_T0] = now
@@ -407,9 +412,9 @@ def advance(horizon, pr, fp, block_levels, slots, g, st, ec, tc, ht, hs, hc, q, 
                     continue
                 g[G_CONT] += 1
                 n = q.shape[0]
-                slot = (g[G_QHEAD] + g[G_QN]) % n
-                q[slot] = c
-                qw[slot] = w
+                tail = (g[G_QHEAD] + g[G_QN]) % n
+                q[tail] = c
+                qw[tail] = w
                 g[G_QN] += 1
                 st[c, S_STATE] = ST_WAIT
                 break
@@ -452,18 +457,12 @@ def advance(horizon, pr, fp, block_levels, slots, g, st, ec, tc, ht, hs, hc, q, 
                     ec[c, E_TLBI_OPS] += 1
                     tc[c, E_TLBI_OPS] = 1
                 else:
-                    if logging:
-                        bs = page
-                    else:
-                        k = 0
-                        while not (slots[k, 0] <= ipa < slots[k, 0] + slots[k, 1]):
-                            k += 1
-                        bs = _block_for(ipa, slots[k, 0], slots[k, 1], pr, block_levels)
+                    k = st[c, S_SLOT]
+                    level = 3 if logging else _block_level(ipa, slots[k, 0], slots[k, 1], pr,
+                                                           block_levels)
+                    bs = np.int64(1) << ((ps - 3) * (4 - level) + 3)
                     start = ipa & ~(bs - 1)
                     attr = pr[P_ATTR_X] if (kind == FETCH or pr[P_DIC] != 0) else pr[P_ATTR]
-                    level = 3
-                    while level > 0 and ((ps - 3) * (4 - level) + 3) != _log2(bs):
-                        level -= 1
                     if level < 3 and _locate(tables, pr, start, level, loc) \
                             and is_table(U(loc[2]), level):
                         # rebuild_block(): a table where the block goes
@@ -480,8 +479,8 @@ def advance(horizon, pr, fp, block_levels, slots, g, st, ec, tc, ht, hs, hc, q, 
                     rep[:] = 0
                     pgtable_walk(OP_MAP, tables, refcnt, free, meta, pr[P_TBASE], ps,
                                  pr[P_ROOT], pr[P_START_LEVEL], pr[P_IA_BITS], U(start),
-                                 U(start + bs), U((pr[P_PA_BASE] + start) & ~(page - 1)), U(attr), 0, flags,
-                                 pr[P_RULE], stat, rep, tlog, stk)
+                                 U(start + bs), U((pr[P_PA_BASE] + start) & ~(page - 1)),
+                                 U(attr), 0, flags, pr[P_RULE], stat, rep, tlog, stk)
                     if rep[R_RET] == -P.ENOMEM:
                         g[G_ERR] = ERR_ENOMEM
                         g[G_ERR_CTX] = c
@@ -530,14 +529,6 @@ def advance(horizon, pr, fp, block_levels, slots, g, st, ec, tc, ht, hs, hc, q, 
                 st[c, S_STATE] = ST_DONE
                 break
             break  # ST_DONE, ST_WAIT, ST_NEED_CHUNK: nothing to run
-
-
-@jit
-def _log2(x):
-    n = 0
-    while (np.int64(1) << n) < x:
-        n += 1
-    return n
 
 
 @jit
@@ -619,11 +610,8 @@ def _rebuild_resume(c, s, now, pr, fp, g, st, ec, tc, ht, hs, hc, win, tables, r
         return True
     spent = 0
     if s == ST_RB_AFTER_FLUSH:
-        # the flush's TLBIs land when it completes
-        rep[:] = 0
-        tlog[0, TLOG_KIND] = TLBI_VMID
-        rep[R_TLBI_LOG_N] = 1
-        _apply_tlbis(rep, tlog, pr, g, key2, off, sets, ways, sizes, wc_tag3)
+        # the flush (TLBI VMALLS12E1IS) lands when it completes
+        _invalidate_all(0, 0, pr, g, key2, off, sets, ways, sizes, wc_tag3)
         if pr[P_BBM_LEVEL] == 1:  # clear nT
             if not _step(STEP_REPLACE, c, st, pr, tables, refcnt, free, meta, stat, rep, tlog,
                          st[c, S_RB_NEW], -1, pr[P_FLAGS], ec, tc, g):
@@ -661,22 +649,6 @@ def _rebuild_resume(c, s, now, pr, fp, g, st, ec, tc, ht, hs, hc, win, tables, r
 
 # ============================================================================================
 # Python side
-
-
-def eligible(m) -> str | None:
-    """None when the jitted loop can run machine ``m``'s vCPUs; else why not."""
-    from simulator.engine import Machine
-
-    cfg = m.cfg
-    if type(m) is not Machine or cfg.hyp.mode != "kvm":
-        return "pkvm mode runs on SimPy"
-    if m.rmap is not None:
-        return "hyp.rmap: pte_list runs on SimPy"
-    if cfg.hyp.dirty_log.enable_at is not None or cfg.hyp.dirty_log.disable_at is not None:
-        return "a timed dirty-logging agent (hyp.dirty_log.enable_at/disable_at) runs on SimPy"
-    if m.vm.alias is not None or m.vm.chunk is not None:
-        return "aliased or donated guest memory runs on SimPy"
-    return None
 
 
 class VcpuLoop:
@@ -830,8 +802,8 @@ class VcpuLoop:
                        self.win, self.addrs, self.kinds, mem.tables, mem.refcnt, mem.free,
                        mem.meta, s2.stat, s2._rep, s2._tlog, s2._stk, vm.dirty, self.tlb_key,
                        self.tlb_stamp, self.tlb_pa, self.tlb_perm, off, sets, ways, lat, sizes,
-                       serves, self.layout, self.wc_tag, self.wc_row, self.wc_stamp, self.clock, self.costs,
-                       self.ctr, self.fault, self.owner)
+                       serves, self.layout, self.wc_tag, self.wc_row, self.wc_stamp, self.clock,
+                       self.costs, self.ctr, self.fault, self.owner)
 
     def _refill(self, i: int, streams) -> None:
         """Hand vCPU ``i`` its next chunk (placed in guest memory), or end its stream."""

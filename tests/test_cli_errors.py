@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.cfgutil import apply_overrides
+
 GOOD = {
     "name": "bad",
     "machine": {"granule": "4K", "ipa_bits": 40},
@@ -20,13 +22,8 @@ GOOD = {
 
 
 def with_(path: str, value):
-    cfg = yaml.safe_load(yaml.safe_dump(GOOD))
-    node = cfg
-    keys = path.split(".")
-    for k in keys[:-1]:
-        node = node.setdefault(k, {})
-    node[keys[-1]] = value
-    return cfg
+    """GOOD with the dotted key ``path`` set to ``value``."""
+    return apply_overrides(yaml.safe_load(yaml.safe_dump(GOOD)), {path.replace(".", "__"): value})
 
 
 # (id, config mapping or raw text, extra CLI args, fragments the error line must contain)
