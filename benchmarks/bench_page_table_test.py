@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from simulator.config import apply_override, load_yaml, validate
-from simulator.engine import run_config
+from simulator.experiment import run_config
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "page_table_test.yaml"
 

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from simulator import analysis
 from simulator.config import ConfigError, Experiment
-from simulator.engine import SimulationError, run_config
+from simulator.experiment import SimulationError, run_config
 from simulator.report import print_summary, write_results
 from workloads.errors import TraceError, WorkloadError
 

@@ -372,11 +372,6 @@ class EngineConfig(_Model):
     max_cycles: int | None = Field(default=None, gt=0, description="Stop the run at this "
                                    "simulated time (cycles).")
     chunk: int = Field(default=1 << 16, ge=1024, description="Accesses generated per chunk.")
-    backend: Literal["auto", "simpy", "jit"] = Field(
-        default="auto", description="What runs the vCPUs: 'simpy' (a SimPy process per vCPU, "
-        "the reference), 'jit' (the jitted vCPU loop: the same model and counters, for "
-        "kvm-mode runs without hyp.rmap or a timed dirty-logging agent), 'auto' (jit where "
-        "it applies).")
 
 
 # ---------------------------------------------------------------------------------------
@@ -425,7 +420,6 @@ class ExperimentConfig(_Model):
         if self.hyp.mode == "pkvm":
             self._check_pkvm(geom)
         self._check_page_table_test()
-        self._check_backend()
         ipa_limit = 1 << self.machine.ipa_bits
         for i, slot in enumerate(self.guest.slots()):
             if slot.size <= 0 or slot.size % geom.page_size:
@@ -470,25 +464,6 @@ class ExperimentConfig(_Model):
                                      f"a leaf size of the {self.machine.granule} granule")
         self._check_rmap(geom)
         return self
-
-    @property
-    def jit_unsupported(self) -> str | None:
-        """Why the jitted vCPU loop cannot run this experiment (None: it can): it runs
-        kvm-mode vCPUs whose only other actor is the page_table_test stage driver."""
-        d = self.hyp.dirty_log
-        if self.hyp.mode == "pkvm":
-            return "hyp.mode is pkvm"
-        if self.hyp.rmap != "none":
-            return "hyp.rmap is pte_list"
-        if d.enable_at is not None or d.disable_at is not None:
-            return "hyp.dirty_log has a timed agent (enable_at/disable_at)"
-        return None
-
-    def _check_backend(self) -> None:
-        why = self.jit_unsupported
-        if self.engine.backend == "jit" and why:
-            raise ValueError(f"engine.backend: jit runs kvm-mode vCPUs only; here {why} "
-                             "(use auto or simpy)")
 
     def _check_page_table_test(self) -> None:
         from workloads.spec import PageTableTestSpec

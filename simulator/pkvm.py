@@ -1,41 +1,27 @@
 """pkvm mode: the host under its own stage-2, guests donated and reclaimed, on shared CPUs.
 
 The machine has ``host.cpus`` physical CPUs. Host CPU *i* runs the host workload on CPU *i*
-through the host stage-2 (VMID 0, an identity map filled lazily by host aborts); each guest
-is created at its start time (its memory donated by the host, chunk by chunk: the host
-stage-2 entries become owner annotations, splitting any block), runs its vCPUs on the CPUs
-(sharing their TLBs with the host), and is torn down after its run: its stage-2 destroyed
-(table pages back to the hyp pool, its VMID invalidated on every CPU) and every page
-reclaimed by the host (a zero descriptor; with seed 000's coalescing, tables left with only
-default entries are zapped so the next host abort maps a block). Every completed access is
-checked against the ownership record (``isolation.violations`` must stay 0).
+through the host stage-2 (VMID 0, an identity map filled lazily by host aborts); guests come
+and go (:mod:`simulator.agents.guests`), their vCPUs taking turns with the host task on the
+CPUs. Every completed access is checked against the ownership record
+(``isolation.violations`` must stay 0).
 """
 
 from __future__ import annotations
 
-
 import numpy as np
-import simpy
 
+from simulator.agents.guests import GuestsAgent
 from simulator.arch.geometry import Geometry
-from simulator.config import ExperimentConfig, seconds, to_cycles
-from simulator.engine import (
-    FIRST_GUEST_OWNER,
-    Context,
-    Counters,
-    GuestVM,
-    Lock,
-    Machine,
-    SimulationError,
-    VM,
-    acquire,
-)
+from simulator.config import ExperimentConfig, seconds
+from simulator.engine import layout as L
+from simulator.engine.machine import Counters, Machine, SimulationError
 from simulator.hyp.host import OWNER_HOST, OWNER_HYP, HostPhys, HostStage2, Region
 from simulator.hyp.page_alloc import (
     HypBugError,
     HypPool,
-    hyp_s1_pgtable_pages,
     host_s2_pgtable_pages,
+    hyp_s1_pgtable_pages,
     vmemmap_bytes,
     vmemmap_bytes_per_gib,
 )
@@ -44,22 +30,32 @@ from simulator.mmu import pgtable as P
 from simulator.mmu.walk import W_PERMISSION
 
 
-class HostVM(VM):
-    """The host as a VM of its own: the host stage-2 and handle_host_mem_abort()."""
+class HostVM:
+    """The host as a VM of its own: the host stage-2 and handle_host_mem_abort()'s
+    page-table work (a call-out of the engine, under the host lock)."""
 
-    def __init__(self, machine: "PkvmMachine", hs2: HostStage2, phys: HostPhys):
-        self.machine = machine
+    def __init__(self, m: Machine, hs2: HostStage2, phys: HostPhys, mem_index: int):
+        self.machine = m
         self.vmid = 0
         self.owner_id = OWNER_HOST
         self.prefix = "host."
         self.hs2 = hs2
         self.s2 = hs2.s2
         self.phys = phys
-        self.geom = hs2.geom
-        self.lock = Lock(machine.env, exclusive=True)  # host_mmu.lock: a spinlock
+        self.geom = g = hs2.geom
+        self.lock = m.new_lock(exclusive=True)  # host_mmu.lock: a spinlock
         self.ctr = Counters()
+        self.enomem_field = "host"
+        c = m.cfg.costs
+        self.index = m.add_vm(self, {
+            L.V_KIND: L.VM_HOST, L.V_VMID: 0, L.V_MEM: mem_index, L.V_ROOT: self.s2.root,
+            L.V_START_LEVEL: g.start_level, L.V_IA_BITS: g.ipa_bits,
+            L.V_TBASE: hs2.ptmem.base_pa, L.V_FLAGS: self.s2.base_flags, L.V_RULE: self.s2.rule,
+            L.V_LOCK: self.lock, L.V_ENTRY: c.fault_entry_exit // 2 + c.host_abort_handler,
+            L.V_OWNER: OWNER_HOST, L.V_SHARED_FROM: -1, L.V_POOL: 1, L.V_HOST_LOCK: self.lock,
+        })
 
-    def placement(self, addrs: np.ndarray, kinds: np.ndarray, ctx: Context):
+    def placement(self, addrs: np.ndarray, kinds: np.ndarray, ctx):
         """Host workload addresses are offsets into host memory (then MMIO); the host kernel
         touches only what it owns unless host.respect_ownership is false."""
         pa = self.phys.to_pa(addrs, self.machine.cfg.host.address_space)
@@ -74,18 +70,18 @@ class HostVM(VM):
             return np.ascontiguousarray(pa[keep]), np.ascontiguousarray(kinds[keep])
         return pa, kinds
 
-    def handle_fault(self, ctx: Context, status: int, addr: int, kind: int):
+    def callout(self, call: int, ctx) -> None:
+        """handle_host_mem_abort() under the host lock: host_stage2_idmap() of the faulting
+        address; the cycles go to S_OPC, an access that can never complete is dropped."""
         m = self.machine
-        env = m.env
-        costs = m.cfg.costs
-        t0 = env.now
-        yield env.timeout(costs.fault_entry_exit // 2 + costs.host_abort_handler)
-        yield from acquire(self.lock, ctx.ctr, env)
+        st = m.st
+        i = ctx.index
         ctx.ctr.add("aborts")
-        op_cycles = 0
-        if status == W_PERMISSION:
+        addr = int(st[i, L.S_IPA])
+        op = 0
+        if int(st[i, L.S_FSTATUS]) == W_PERMISSION:
             ctx.ctr.add("illegal_accesses")  # e.g. a fetch from MMIO (XN)
-            ctx.skip = True
+            st[i, L.S_SKIP] = 1
         else:
             try:
                 res = self.hs2.idmap(addr)
@@ -93,24 +89,25 @@ class HostVM(VM):
                 raise SimulationError("hyp.vmemmap_layout", str(e)) from None
             if res.ret == -P.EPERM:
                 ctx.ctr.add("illegal_accesses")
-                ctx.skip = True
+                st[i, L.S_SKIP] = 1
             elif res.ret == -P.EAGAIN:
                 ctx.ctr.add("faults.spurious")
             elif res.ret == -P.ENOMEM:
                 raise SimulationError("host", f"host stage-2 out of memory at {addr:#x} even "
                                       "after recycling MMIO mappings (the kernel BUGs)")
             for rep in res.reports:
-                op_cycles += m.op_costs.cycles(rep)
-                m.apply_tlbis(0, self.geom.page_shift, rep)
+                op += m.op_costs.cycles(rep)
+                m.apply_tlbis(0, rep)
                 m.account_op(ctx.ctr, rep)
-        yield from m.end_fault(ctx, self.lock, t0, op_cycles)
+        st[i, L.S_OPC] = op
 
 
-class PkvmMachine(Machine):
-    """The pkvm-mode machine: host CPUs, the host stage-2, guests coming and going."""
+class PkvmExperiment:
+    """Builds the pkvm-mode machine of one variant and runs it."""
 
-    def build(self) -> None:
-        cfg = self.cfg
+    def __init__(self, cfg: ExperimentConfig, progress=None):
+        self.cfg = cfg
+        self.m = m = Machine(cfg, progress)
         g = cfg.geometry
         ps = g.page_shift
         regions = [Region(r.base, r.size, r.type) for r in cfg.host.memory]
@@ -133,15 +130,16 @@ class PkvmMachine(Machine):
         self.hyp_pool = HypPool(base, npages, ps, layout=layout,
                                 on_bug="count" if cfg.hyp.on_bug == "count" else "raise")
         self.guest_ptmem = PoolMemory([self.hyp_pool])
-        self.ptmem = self.guest_ptmem
+        host_mem = m.add_memory(self.hs2.ptmem)
+        guest_mem = m.add_memory(self.guest_ptmem)
         # boot: the hypervisor's carve-outs become hyp-owned in the host stage-2
         for pool in [self.hs2.mem_pool, self.hs2.dev_pool, self.hyp_pool]:
             self.hs2.set_owner(pool.start_phys, pool.nr_pages << ps, OWNER_HYP)
-        self.host = HostVM(self, self.hs2, self.phys)
-        self.lock = self.host.lock
+        self.host = HostVM(m, self.hs2, self.phys, host_mem)
         for _ in range(cfg.host.cpus):
             # the host task and the guest vCPUs placed there take turns on the CPU
-            self.new_cpu(g).slot = simpy.Resource(self.env, capacity=1)
+            m.add_cpu(shared=True)
+        self.host_contexts = []
         if cfg.host.workload is not None:
             if cfg.host.address_space == "memory":
                 mem = self.phys.memory_bytes()
@@ -149,222 +147,56 @@ class PkvmMachine(Machine):
                 mem = sum(r.size for r in self.phys.mmio)
             streams = cfg.host.workload.build(cfg.host.cpus, cfg.seed, mem, cfg.engine.chunk)
             for i, stream in enumerate(streams):
-                self.contexts.append(Context(i, self.host, stream, self.cpus[i], f"host.cpu{i}"))
-            self.totals = [getattr(s, "total", None) for s in streams]
-        for ctx in self.contexts:
-            self._watch(ctx)
-        self.guests: list[GuestVM] = []
-        self.vmids_in_use: set[int] = set()
+                self.host_contexts.append(m.add_context(self.host, stream, m.cpus[i],
+                                                        f"host.cpu{i}"))
+            m.totals = [getattr(s, "total", None) for s in streams]
+        m.set_owner_record(self.phys.owner, self.phys.lo)
+        self.guests = GuestsAgent(m, self.host, guest_mem, on_teardown=self.sample)
         self.series: dict[str, list] = {"t": []}
         for lvl in (1, 2, 3):
             self.series[f"host.mappings.l{lvl}"] = []
 
-    def _watch(self, ctx: Context) -> None:
-        """Give the context the ownership record for the isolation check."""
-        ctx.mmu.owner = self.phys.owner
-        ctx.mmu.owner_base = self.phys.lo
-        ctx.mmu.owner_id = ctx.vm.owner_id
-
-    # -- guests ----------------------------------------------------------------------------
-    def alloc_vmid(self) -> int:
-        vmid = 1
-        while vmid in self.vmids_in_use:
-            vmid += 1
-        self.vmids_in_use.add(vmid)
-        return vmid
-
-    def hypercall_op(self, ctx_ctr: Counters, pa: int, size: int, kind: str, who: int):
-        """One ownership change of ``size`` bytes at ``pa`` under the host lock, a hypercall
-        per page: ``donate`` (to ``who``), ``reclaim`` (back to the host), ``share`` (with
-        guest ``who``, the host keeping it) or ``unshare``. A generator; returns the
-        OpReport."""
-        env = self.env
-        # the hypercalls' entry and exit (one per page) run outside the host lock; the
-        # ownership change itself runs under it
-        pages = size >> self.host_geom.page_shift
-        yield env.timeout(pages * self.cfg.costs.hypercall)
-        yield from acquire(self.host.lock, ctx_ctr, env)
-        hs2, phys = self.hs2, self.phys
-        try:
-            if kind == "donate":
-                rep = hs2.set_owner(pa, size, who)
-                phys.set_owner(pa, size, who)
-            elif kind == "reclaim":
-                rep = hs2.set_owner(pa, size, OWNER_HOST)
-                phys.set_owner(pa, size, OWNER_HOST)
-            elif kind == "share":
-                rep = hs2.share_guest(pa, size)
-                phys.share(pa, size, who)
-            else:
-                rep = hs2.unshare_guest(pa, size)
-                phys.set_owner(pa, size, OWNER_HOST)
-        except HypBugError as e:
-            raise SimulationError("hyp.vmemmap_layout", str(e)) from None
-        if rep.ret:
-            raise SimulationError("hyp", f"{kind} of {pa:#x} failed ({rep.ret})")
-        self.apply_tlbis(0, self.host_geom.page_shift, rep)
-        self.account_op(ctx_ctr, rep)
-        yield env.timeout(self.op_costs.cycles(rep) + self.cfg.costs.lock)
-        self.host.lock.release()
-        return rep
-
-    def donate_chunk(self, gvm: GuestVM, k: int, ctr: Counters):
-        """Back chunk ``k`` of the guest: donated, or shared by the host for the guest's
-        shared part (``guests[].shared``)."""
-        got = self.phys.alloc_chunks(1, gvm.chunk)
-        if got is None:
-            raise SimulationError(f"guests.{gvm.name}.memory", "host memory exhausted")
-        shared = gvm.is_shared(k * gvm.chunk)
-        yield from self.hypercall_op(ctr, got[0], gvm.chunk, "share" if shared else "donate",
-                                     gvm.owner_id)
-        gvm.chunks[k] = got[0]
-        pages = gvm.chunk >> self.host_geom.page_shift
-        self.machine_ctr.add("share.pages" if shared else "donate.pages", pages)
-
-    def reclaim_chunk(self, gvm: GuestVM, k: int, ctr: Counters):
-        """Give chunk ``k`` back to the host: reclaim a donated chunk, unshare a shared one."""
-        pa = gvm.chunks[k]
-        gvm.chunks[k] = None  # taken out first: nobody else reclaims it meanwhile
-        pages = gvm.chunk >> self.host_geom.page_shift
-        if gvm.is_shared(k * gvm.chunk):
-            yield from self.hypercall_op(ctr, pa, gvm.chunk, "unshare", gvm.owner_id)
-            self.machine_ctr.add("unshare.pages", pages)
-            return
-        rep = yield from self.hypercall_op(ctr, pa, gvm.chunk, "reclaim", OWNER_HOST)
-        self.phys.give_back(pa, gvm.chunk)
-        self.machine_ctr.add("reclaim.pages", pages)
-        self.machine_ctr.add("coalesce.tables_zapped", rep.zapped)
-        self.machine_ctr.add("pgtable.pages_returned", rep.tables_freed)
-
-    def guest_agent(self, k: int, spec):
-        """Create guest ``k`` at its start, run it, tear it down after its run."""
-        env = self.env
-        cfg = self.cfg
-        clock = cfg.machine.clock_ghz
-        yield env.timeout(to_cycles(spec.start, clock))
-        ctr = Counters()
-        vmid = self.alloc_vmid()
-        gvm = GuestVM(self, spec, vmid, spec.name, self.guest_ptmem,
-                      owner_id=FIRST_GUEST_OWNER + k, chunk=spec.chunk,
-                      prefix=f"guest.{spec.name}.",
-                      lock=Lock(env, cfg.engine.mmu_lock == "exclusive"))
-        gvm.agent_ctr = ctr
-        self.guests.append(gvm)
-        nchunks = spec.memory // spec.chunk
-        gvm.chunks = [None] * nchunks
-        if spec.shared:
-            gvm.shared_from = spec.memory - spec.shared
-        t0 = env.now
-        for c in range(nchunks):
-            yield from self.donate_chunk(gvm, c, ctr)
-        ctr.add("create.cycles", env.now - t0)
-        if spec.premap:
-            gvm.premap()
-        streams = spec.workload.build(spec.vcpus, cfg.seed + 7919 * (k + 1), spec.memory,
-                                      cfg.engine.chunk)
-        first = k % len(self.cpus)
-        procs = []
-        for j, stream in enumerate(streams):
-            cpu = self.cpus[(first + j) % len(self.cpus)]
-            ctx = Context(j, gvm, stream, cpu, f"guest.{spec.name}.vcpu{j}")
-            self._watch(ctx)
-            gvm.contexts.append(ctx)
-            self.contexts.append(ctx)
-            procs.append(env.process(self.context_process(ctx)))
-        for b in spec.balloon:
-            env.process(self.balloon_agent(gvm, b))
-        gvm.procs = procs
-        if spec.run is not None:
-            yield simpy.AllOf(env, procs) | env.timeout(to_cycles(spec.run, clock))
-            for ctx in gvm.contexts:
-                ctx.stopped = True
-        # a fresh condition: the vCPUs still running stop at their next quantum
-        yield simpy.AllOf(env, [p for p in procs if p.is_alive])
-        yield from self.teardown(gvm, ctr)
-
-    def teardown(self, gvm: GuestVM, ctr: Counters):
-        """Destroy the guest stage-2 and reclaim every page to the host."""
-        env = self.env
-        cfg = self.cfg
-        t0 = env.now
-        gvm.alive = False
-        yield from acquire(gvm.lock, ctr, env, write=True)
-        rep = gvm.s2.destroy()
-        cycles = self.op_costs.cycles(rep)
-        self.account_op(ctr, rep)
-        self.machine_ctr.add("pgtable.pages_returned", rep.tables_freed)
-        if cfg.hyp.teardown_tlbi:
-            # the VMID is flushed on every CPU before the VMID can be reused
-            self.flush_vmid(gvm.vmid, gvm.geom.page_shift)
-            ctr.add("tlbi.ops")
-            cycles += cfg.costs.tlbi_vmid
-        yield env.timeout(cycles)
-        gvm.lock.release(write=True)
-        for c in range(len(gvm.chunks)):
-            if gvm.chunks[c] is not None:
-                yield from self.reclaim_chunk(gvm, c, ctr)
-        self.vmids_in_use.discard(gvm.vmid)
-        self.machine_ctr.add("teardown.cycles", env.now - t0)
-        self.machine_ctr.add("guests.torn_down")
-        self.sample()
-
-    def balloon_agent(self, gvm: GuestVM, b):
-        """A guest relinquishes the top ``size`` bytes of its memory at ``at``."""
-        env = self.env
-        yield env.timeout(to_cycles(b.at, self.cfg.machine.clock_ghz))
-        if not gvm.alive:
-            return
-        ctr = gvm.agent_ctr
-        first = (gvm.gcfg.memory - b.size) // gvm.chunk
-        for c in range(max(first, 0), len(gvm.chunks)):
-            yield from acquire(gvm.lock, ctr, env, write=True)
-            if not gvm.alive or gvm.chunks[c] is None:  # torn down meanwhile / not backed
-                gvm.lock.release(write=True)
-                continue
-            rep = gvm.s2.unmap(c * gvm.chunk, gvm.chunk)
-            self.apply_tlbis(gvm.vmid, gvm.geom.page_shift, rep)
-            self.account_op(ctr, rep)
-            yield env.timeout(self.op_costs.cycles(rep) + self.cfg.costs.lock)
-            gvm.lock.release(write=True)
-            yield from self.reclaim_chunk(gvm, c, ctr)
-            self.machine_ctr.add("balloon.pages", gvm.chunk >> gvm.geom.page_shift)
-
     # -- time series -----------------------------------------------------------------------
     def sample(self) -> None:
         leaves = self.hs2.mappings()
-        self.series["t"].append(int(self.env.now))
+        self.series["t"].append(int(self.m.env.now))
         for lvl in (1, 2, 3):
             self.series[f"host.mappings.l{lvl}"].append(leaves[lvl])
 
     def sampler(self, period: int):
         while True:
             self.sample()
-            yield self.env.timeout(period)
+            yield self.m.env.timeout(period)
 
     # -- run -------------------------------------------------------------------------------
     def start(self) -> list:
-        procs = [self.env.process(self.context_process(c)) for c in self.contexts]
-        procs += [self.env.process(self.guest_agent(k, g)) for k, g in enumerate(self.cfg.guests)]
-        self.env.process(self.sampler(self.cfg.host.sample_cycles))
+        """Start the host CPUs and agents; returns the events the run waits for."""
+        m = self.m
+        procs = m.start(self.host_contexts)
+        procs += self.guests.start()
+        m.env.process(self.sampler(self.cfg.host.sample_cycles))
         return procs
 
-    def finish(self) -> None:
+    def run(self) -> dict:
+        host = self.m.run(self.start())
         self.sample()  # the host's mappings at the end
+        return self.results(host)
 
     def results(self, host_seconds: float) -> dict:
         cfg = self.cfg
+        m = self.m
         ps = self.host_geom.page_shift
         total: dict[str, int] = {}
         per_vcpu = []
         violations = 0
-        for ctx in self.contexts:
+        for ctx in m.contexts:
             c = ctx.counters()
             violations += c.pop("isolation.violations", 0)
             per_vcpu.append({"context": ctx.label, **c})
             for key, val in c.items():
                 k = ctx.vm.prefix + key
                 total[k] = total.get(k, 0) + val
-        for gvm in self.guests:
+        for gvm in self.guests.guests:
             for key, val in gvm.agent_ctr.c.items():
                 total[gvm.prefix + key] = total.get(gvm.prefix + key, 0) + val
             leaves = gvm.s2.leaf_counts() if not gvm.s2.destroyed else {1: 0, 2: 0, 3: 0}
@@ -372,14 +204,15 @@ class PkvmMachine(Machine):
                 total[f"{gvm.prefix}mappings.l{lvl}"] = leaves[lvl]
         for key, val in self.host.ctr.c.items():
             total["host." + key] = total.get("host." + key, 0) + val
-        for key, val in self.machine_ctr.c.items():
+        for key, val in m.machine_counters().items():
             total[key] = total.get(key, 0) + val
         total["isolation.violations"] = violations
         leaves = self.hs2.mappings()
         for lvl in (1, 2, 3):
             total[f"host.mappings.l{lvl}"] = leaves[lvl]
         for key in ("coalesce.tables_zapped", "pgtable.pages_returned", "teardown.cycles",
-                    "reclaim.pages", "donate.pages", "share.pages", "unshare.pages", "host.aborts", "host.illegal_accesses", "tlbi.entries"):
+                    "reclaim.pages", "donate.pages", "share.pages", "unshare.pages",
+                    "host.aborts", "host.illegal_accesses", "tlbi.entries"):
             total.setdefault(key, 0)
         # the hyp allocator and its metadata (seed 002)
         regions = [(r.base, r.size) for r in self.phys.memory]
@@ -403,7 +236,7 @@ class PkvmMachine(Machine):
         total["host.mmio_pages_at_first_enomem"] = self.hs2.mmio_at_first_enomem
         total["host.pgtable.pages_in_use"] = self.hs2.ptmem.pages_in_use
         total["guests.pgtable.pages_in_use"] = self.guest_ptmem.pages_in_use
-        sim_cycles = int(self.env.now)
+        sim_cycles = int(m.env.now)
         return {
             "counters": dict(sorted(total.items())),
             "per_vcpu": per_vcpu,
@@ -416,4 +249,4 @@ class PkvmMachine(Machine):
         }
 
 
-__all__ = ["PkvmMachine", "ExperimentConfig"]
+__all__ = ["PkvmExperiment"]

@@ -75,7 +75,7 @@ def expand(exp: Experiment) -> list[Task]:
 def run_task(payload: dict) -> dict:
     """The pure task: a resolved configuration in, a results record out."""
     from simulator.config import ExperimentConfig
-    from simulator.engine import run_config
+    from simulator.experiment import run_config
 
     cfg = ExperimentConfig.model_validate(payload["config"])
     res = run_config(cfg)

@@ -15,7 +15,7 @@ import yaml
 
 from cfgutil import apply_overrides
 from simulator.config import Experiment
-from simulator.engine import run_config
+from simulator.experiment import run_config
 
 DATA = Path(__file__).parent / "data"
 

@@ -200,7 +200,7 @@ def test_sweep_serial_equals_parallel_byte_for_byte(sweep_cfg, tmp_path):
 
 
 def test_sweep_point_equals_a_plain_run_of_that_point(sweep_cfg, tmp_path):
-    from simulator.engine import run_config
+    from simulator.experiment import run_config
 
     exp = Experiment(sweep_cfg)
     recs = run_sweep(exp, tmp_path / "s", workers=1)

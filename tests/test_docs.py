@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel
 
 from simulator.config import Experiment, ExperimentConfig
-from simulator.engine import run_config
+from simulator.experiment import run_config
 
 README = (Path(__file__).parents[1] / "README.md").read_text()
 

@@ -10,8 +10,8 @@ from cfgutil import apply_overrides
 from simulator.arch import descriptors as D
 from simulator.arch.geometry import Geometry
 from simulator.config import ConfigError, Experiment
-from simulator.engine import run_config
-from simulator.pkvm import PkvmMachine
+from simulator.experiment import run_config
+from simulator.pkvm import PkvmExperiment
 from simulator.hyp.host import (
     OWNER_HOST,
     SHARED,
@@ -214,16 +214,16 @@ def test_shared_guest_memory_is_open_to_the_host_and_its_guest_only(tmp_path):
     exp = pkvm_cfg(tmp_path, guests=[
         {"name": "a", "memory": "64MiB", "shared": "32MiB", "workload": work, "run": "2ms"},
         {"name": "b", "memory": "64MiB", "workload": work, "start": "40ms"}])
-    m = PkvmMachine(exp.variants["default"])
+    m = PkvmExperiment(exp.variants["default"])
     seen = {}
 
-    def spy(gvm, c, ctr, orig=m.reclaim_chunk):  # look at a's stage-2 before teardown
+    def spy(gvm, c, ctr, orig=m.guests.reclaim_chunk):  # look at a's stage-2 before teardown
         if gvm.name == "a" and not seen:
             for ipa, level, pte in gvm.s2.leaves():
                 seen[ipa] = D.decode(pte, level, 12).sw
         return orig(gvm, c, ctr)
 
-    m.reclaim_chunk = spy
+    m.guests.reclaim_chunk = spy
     c = m.run()["counters"]
     half = 32 * MIB // PAGE
     assert c["share.pages"] == c["unshare.pages"] == half
@@ -384,7 +384,7 @@ def test_donate_reclaim_abort_sequences_keep_ownership_and_refcounts(coalesce, s
 
 
 def test_guest_fault_enomem_returns_to_the_guest_and_an_empty_pool_stops_with_an_error(tmp_path):
-    from simulator.engine import SimulationError
+    from simulator.experiment import SimulationError
 
     # a hyp pool of 3 pages: the guest's pgd takes them, no table can ever be allocated
     exp = pkvm_cfg(tmp_path, hyp__pool_pages=3, guests=[

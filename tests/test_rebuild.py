@@ -10,7 +10,8 @@ import yaml
 from cfgutil import apply_overrides
 from simulator.arch import descriptors as D
 from simulator.config import Experiment
-from simulator.engine import Machine, run_config
+from simulator.experiment import run_config
+from simulator.kvm import KvmExperiment
 from simulator.mmu import pgtable as P
 from simulator.mmu.batch import B_FAULT, F_STATUS, READ, VcpuMMU
 from simulator.mmu.pgtable import PageTableMemory, Stage2
@@ -160,15 +161,15 @@ def window_run(tmp_path, rebuild: str) -> dict:
     rebuilds the block; vCPU 1 keeps reading the region's second half meanwhile."""
     exp = experiment(tmp_path, hyp__rebuild=rebuild, guest__memory="4MiB",
                      workload={"type": "uniform", "accesses": 1})
-    m = Machine(exp.variants["default"])
-    vm = m.vm
+    e = KvmExperiment(exp.variants["default"])
+    vm = e.vm
     vm.s2.map(0, 2 * MIB, vm.pa_of(0), D.PROT_RW, force_pte=True)
     vm.s2.unmap(PAGE, PAGE)
     reads = np.arange(256, 512, dtype=np.uint64) * np.uint64(PAGE)
     addrs = [np.array([PAGE], dtype=np.uint64), np.tile(reads, 400)]
-    for ctx, a in zip(m.contexts, addrs):
+    for ctx, a in zip(vm.contexts, addrs):
         ctx.stream = Stream([(a, np.zeros(len(a), dtype=np.uint8))], 1 << 16)
-    return m.run()["counters"]
+    return e.run()["counters"]
 
 
 def test_with_bbm_a_vcpu_touching_the_range_in_the_window_faults_and_not_with_install_first(

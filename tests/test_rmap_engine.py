@@ -12,7 +12,8 @@ import simpy
 from cfgutil import apply_overrides
 from simulator.arch import descriptors as D
 from simulator.config import ConfigError, validate
-from simulator.engine import Machine, run_config
+from simulator.experiment import run_config
+from simulator.kvm import KvmExperiment
 from simulator.hyp import rmap as R
 from simulator.mmu.pgtable import translate
 from workloads import WorkloadError
@@ -126,7 +127,7 @@ def test_counts_by_formula(frames, per_frame, ext):
 def test_both_strategies_leave_the_same_state_and_counters():
     runs = {}
     for drop in ("one_by_one", "batch"):
-        m = Machine(config(6, 40, ext=14, drop=drop, vcpus=3))
+        m = KvmExperiment(config(6, 40, ext=14, drop=drop, vcpus=3))
         res = m.run()
         rm = m.rmap.rmap
         assert not rm.head.any() and not rm.leaf.any()
@@ -167,10 +168,11 @@ def test_deterministic():
 
 def test_guest_pages_alias_their_frames_before_the_drop():
     frames, per_frame = 5, 7
-    m = Machine(config(frames, per_frame, ext=3, vcpus=2, workload__start="1MiB"))
+    m = KvmExperiment(config(frames, per_frame, ext=3, vcpus=2, workload__start="1MiB"))
     procs = m.start()
     vcpus, drop = procs[:-1], procs[-1]
-    m.env.run(until=simpy.AllOf(m.env, vcpus))
+    env = m.m.env
+    env.run(until=simpy.AllOf(env, vcpus))
     rm = m.rmap.rmap
     assert rm.check_invariants() == []
     assert sorted(rm.count(f) for f in range(frames)) == [per_frame] * frames
@@ -183,7 +185,7 @@ def test_guest_pages_alias_their_frames_before_the_drop():
         spte = m.rmap.spte_of[((1 << 20) >> 12) + p]
         pfn = (base + (p % frames) * PAGE) >> 12
         assert spte in rm.entries(m.rmap.frame_index[pfn])
-    m.env.run(until=drop)
+    env.run(until=drop)
     assert not rm.head.any()
     for p in range(frames * per_frame):
         assert translate(m.vm.s2, (1 << 20) + p * PAGE)[2] == 0

@@ -122,6 +122,10 @@ class HostPhys:
             self.reserved[self.page(pa)] = per
         return out
 
+    def unreserve(self, pa: int) -> None:
+        """A chunk found by :meth:`alloc_chunks` that is not donated after all."""
+        self.reserved.pop(self.page(pa), None)
+
     def set_owner(self, pa: int, size: int, owner: int) -> None:
         a = self.page(pa)
         self.owner[a:a + (size >> self.page_shift)] = owner

@@ -30,15 +30,10 @@ drop phase's simulated time, lock included).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import simpy
 
-from simulator.engine import Counters, acquire
+from simulator.engine.machine import Counters, Machine
 from simulator.hyp.rmap import Rmap
-
-if TYPE_CHECKING:
-    from simulator.engine import Machine
 
 __all__ = ["RmapAgent"]
 
@@ -49,10 +44,10 @@ class RmapAgent:
     """The reverse map of the kvm-mode guest, its hook in the fault handler and the drop
     phase (a SimPy process)."""
 
-    def __init__(self, machine: "Machine"):
+    def __init__(self, machine: Machine, vm):
         cfg = machine.cfg
         self.machine = machine
-        self.vm = vm = machine.vm
+        self.vm = vm
         self.shift = vm.geom.page_shift
         self.page = vm.geom.page_size
         c = cfg.costs
@@ -70,21 +65,13 @@ class RmapAgent:
         self.ctr = Counters()
         self.max_entries = 0
         if self.shared is not None:
-            vm.alias = self.alias
-
-    # -- the guest's layout ----------------------------------------------------------------
-    def alias(self, ipa: int) -> int:
-        """shared_frames: the IPA whose identity-mapped host frame backs ``ipa`` (guest page p
-        is backed by the frame of page ``p mod frames``)."""
-        w = self.shared
-        off = ipa - w.start
-        if not 0 <= off < w.pages * self.page:
-            return ipa
-        p = off >> self.shift
-        return w.start + (w.frame_of(p) << self.shift) + (off & (self.page - 1))
+            # guest page p of the workload is backed by the frame of page p mod frames
+            vm.alias_frames(self.shared.start, self.shared.pages, self.shared.frames)
+        vm.listen_maps(self)
+        self.done_events: list = []
 
     # -- the fault path ----------------------------------------------------------------------
-    def on_map(self, ipa: int, size: int) -> int:
+    def on_map(self, vm, ctx, ipa: int, size: int) -> int:
         """rmap_add() for the page leaf just installed at ``ipa``; returns its cycles."""
         assert size == self.page, "the reverse map is modelled for page mappings only"
         pfn = self.vm.pa_of(ipa) >> self.shift
@@ -109,7 +96,7 @@ class RmapAgent:
         the cycles."""
         m = self.machine
         rep = self.vm.s2.unmap(ipa, self.page)
-        m.apply_tlbis(self.vm.vmid, self.shift, rep)
+        m.apply_tlbis(self.vm.vmid, rep)
         m.account_op(m.machine_ctr, rep)
         return m.op_costs.cycles(rep)
 
@@ -117,14 +104,18 @@ class RmapAgent:
         """(host frame number, rmap frame) of every frame mapped, in host address order."""
         return sorted(self.frame_index.items())
 
+    def start(self, vcpus_done: list) -> simpy.Process:
+        """The drop phase: once every vCPU has finished, drop every mapping under the MMU
+        lock held for write."""
+        return self.machine.env.process(self.drop_phase(vcpus_done))
+
     def drop_phase(self, vcpus: list):
-        """A SimPy process: wait for the vCPUs, then drop every mapping under the MMU lock
-        held for write."""
-        env = self.machine.env
+        m = self.machine
+        env = m.env
         yield simpy.AllOf(env, vcpus)
         t0 = env.now
         lock = self.vm.lock
-        yield from acquire(lock, self.machine.machine_ctr, env, write=True)
+        yield from m.acquire(lock, m.machine_ctr, write=True)
         rmap = self.rmap
         before = rmap.counters()
         unmap_cycles = 0
@@ -144,7 +135,7 @@ class RmapAgent:
                 unmap_cycles += s2
                 yield env.timeout(cycles + s2)
         yield env.timeout(self.machine.cfg.costs.lock)
-        lock.release(write=True)
+        m.release(lock, write=True)
         after = rmap.counters()
         for name in DROP_COUNTERS:
             self.ctr.add(f"rmap.{name}", after[name] - before[name])

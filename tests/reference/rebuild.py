@@ -36,7 +36,7 @@ from simulator.arch import descriptors as D
 from simulator.mmu import pgtable as P
 
 if TYPE_CHECKING:  # pragma: no cover
-    from simulator.engine import Context, GuestVM
+    from tests.reference.engine import Context, GuestVM
 
 STRATEGIES = ("bbm", "install_first", "ttrem")
 
@@ -45,6 +45,8 @@ def rebuild_block(vm: "GuestVM", ctx: "Context", start: int, level: int, loc, pr
     """A SimPy process body run under ``vm.lock``: replace the table entry ``loc`` (row,
     index, descriptor) at ``level`` by a block mapping ``start``. Returns the cycles spent
     after the last state change (charged by the caller with its own lock hold)."""
+    from tests.reference.engine import cpu_event
+
     m = vm.machine
     env = m.env
     cfg = m.cfg
@@ -76,11 +78,11 @@ def rebuild_block(vm: "GuestVM", ctx: "Context", start: int, level: int, loc, pr
             freed = step(P.STEP_FREE, child=child)
             cmo = 0 if cfg.machine.fwb else int(size / cfg.costs.cmo_bytes_per_cycle)
             ctr.add("cmo.bytes", 0 if cfg.machine.fwb else size)
-            yield env.timeout(cost(rep) + cost(freed) + cmo)
+            yield cpu_event(env, cost(rep) + cost(freed) + cmo)
             vm.windows.remove(window)
             ctr.add("rebuild.window_cycles", env.now - t0)
             return cost(step(P.STEP_INSTALL, new=new))
-        yield env.timeout(cost(rep))
+        yield cpu_event(env, cost(rep))
         vm.windows.remove(window)
         ctr.add("rebuild.window_cycles", env.now - t0)
         installed = step(P.STEP_INSTALL, new=new)
@@ -88,9 +90,9 @@ def rebuild_block(vm: "GuestVM", ctx: "Context", start: int, level: int, loc, pr
         return cost(installed) + cost(freed)
     # TTRem: no invalid window
     first = step(P.STEP_REPLACE, new=new | (int(D.NT) if bbm_level == 1 else 0))
-    yield env.timeout(cost(first))
+    yield cpu_event(env, cost(first))
     flush = step(P.STEP_FLUSH_VMID)
-    yield env.timeout(cost(flush))
+    yield cpu_event(env, cost(flush))
     m.apply_tlbis(vm.vmid, g.page_shift, flush)
     spent = 0
     if bbm_level == 1:

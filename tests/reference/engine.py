@@ -48,9 +48,9 @@ from simulator.mmu.batch import (
     VcpuMMU,
 )
 from simulator.mmu.walk import W_CONFLICT, W_PERMISSION
-from simulator.dirtylog import dirty_log_agent, page_table_test_driver
+from tests.reference.dirtylog import dirty_log_agent, page_table_test_driver
 from simulator.hyp.host import STATE_SHARED_BORROWED
-from simulator.rebuild import rebuild_block
+from tests.reference.rebuild import rebuild_block
 from workloads.spec import PageTableTestSpec
 
 # Table pages of kvm mode live in their own physical region, far above guest memory.
@@ -74,6 +74,31 @@ class SimulationError(RuntimeError):
         return f"{self.field}: {self.message}"
 
 
+# Event order. At one simulated time every agent event (NORMAL priority) runs before every
+# CPU event: the CPUs' timeouts and the grants of locks and CPUs to contexts carry a lower
+# priority. The compiled engine follows the same rule: it advances the CPUs up to, and not
+# including, the time of the next SimPy event.
+CPU_PRIORITY = 2
+
+
+def cpu_event(env: simpy.Environment, delay: int = 0) -> simpy.Event:
+    """A timeout of a CPU context (ordered after agent events of the same time)."""
+    ev = env.event()
+    ev._ok = True
+    ev._value = None
+    env.schedule(ev, CPU_PRIORITY, delay)
+    return ev
+
+
+def _grant_event(env: simpy.Environment, ev: simpy.Event, cpu: bool) -> None:
+    if cpu:
+        ev._ok = True
+        ev._value = None
+        env.schedule(ev, CPU_PRIORITY)
+    else:
+        ev.succeed()
+
+
 class Lock:
     """A FIFO reader/writer lock on SimPy time. ``exclusive`` makes every holder a writer
     (a spinlock); otherwise readers share it and writers exclude everyone."""
@@ -83,20 +108,20 @@ class Lock:
         self.exclusive = exclusive
         self.readers = 0
         self.writer = False
-        self.queue: list[tuple[simpy.Event, bool]] = []
+        self.queue: list[tuple[simpy.Event, bool, bool]] = []
         self.acquisitions = 0
         self.contended = 0
 
-    def acquire(self, write: bool = False) -> simpy.Event:
+    def acquire(self, write: bool = False, cpu: bool = False) -> simpy.Event | None:
+        """None when granted at once; else an event that fires at the grant."""
         write = write or self.exclusive
-        ev = self.env.event()
         self.acquisitions += 1
         if not self.queue and self._can_grant(write):
             self._grant(write)
-            ev.succeed()
-        else:
-            self.contended += 1
-            self.queue.append((ev, write))
+            return None
+        ev = self.env.event()
+        self.contended += 1
+        self.queue.append((ev, write, cpu))
         return ev
 
     def release(self, write: bool = False) -> None:
@@ -106,9 +131,9 @@ class Lock:
         else:
             self.readers -= 1
         while self.queue and self._can_grant(self.queue[0][1]):
-            ev, w = self.queue.pop(0)
+            ev, w, cpu = self.queue.pop(0)
             self._grant(w)
-            ev.succeed()
+            _grant_event(self.env, ev, cpu)
 
     def _can_grant(self, write: bool) -> bool:
         if self.writer:
@@ -122,13 +147,40 @@ class Lock:
             self.readers += 1
 
 
-def acquire(lock: Lock, ctr: "Counters", env: simpy.Environment, write: bool = False):
-    """Take ``lock``, counting the wait in ``lock_wait_cycles`` (a generator to yield from)."""
+def acquire(lock: Lock, ctr: "Counters", env: simpy.Environment, write: bool = False,
+            cpu: bool = False):
+    """Take ``lock``, counting the wait in ``lock_wait_cycles`` (a generator to yield from);
+    ``cpu``: the taker is a CPU context (its grant is a CPU event)."""
     t = env.now
-    grant = lock.acquire(write)
-    if not grant.triggered:
+    grant = lock.acquire(write, cpu)
+    if grant is not None:
         yield grant
         ctr.add("lock_wait_cycles", env.now - t)
+
+
+class CpuSlot:
+    """A physical CPU that several contexts share (pkvm): one holds it, the others queue in
+    FIFO order; a release hands it to the head of the queue at once."""
+
+    def __init__(self, env: simpy.Environment):
+        self.env = env
+        self.holder = None
+        self.queue: list = []
+
+    def request(self, ctx) -> simpy.Event | None:
+        if self.holder is None and not self.queue:
+            self.holder = ctx
+            return None
+        ev = self.env.event()
+        self.queue.append((ctx, ev))
+        return ev
+
+    def release(self) -> None:
+        self.holder = None
+        if self.queue:
+            ctx, ev = self.queue.pop(0)
+            self.holder = ctx
+            _grant_event(self.env, ev, True)
 
 
 @dataclass
@@ -422,11 +474,18 @@ class GuestVM(VM):
             return
         if any(lo <= ipa < hi for lo, hi in self.windows):
             ctx.ctr.add("faults.in_window")
-        yield env.timeout(costs.fault_entry_exit // 2 + costs.fault_handler)
+        yield cpu_event(env, costs.fault_entry_exit // 2 + costs.fault_handler)
         if self.chunk is not None and self.chunks[ipa // self.chunk] is None:
             # a ballooned chunk touched again: the host donates a new one
-            yield from m.donate_chunk(self, ipa // self.chunk, ctx.ctr)
-        yield from acquire(self.lock, ctx.ctr, env)
+            yield from m.donate_chunk(self, ipa // self.chunk, ctx.ctr, cpu=True)
+        yield from acquire(self.lock, ctx.ctr, env, cpu=True)
+        if self.chunk is not None and self.chunks[ipa // self.chunk] is None:
+            # its chunk was ballooned away after the fault's check: nothing to map, the
+            # access faults again (and has a chunk donated)
+            ctx.ctr.add("faults.spurious")
+            ctx.repeats = 0
+            yield from m.end_fault(ctx, self.lock, t0, 0)
+            return
         op_cycles = 0
         if self.logging and kind == WRITE:
             self.mark_dirty(ctx, ipa)
@@ -507,8 +566,7 @@ def _backing(backing: str, g: Geometry) -> int:
 class Machine:
     """The simulated machine for one variant (kvm mode: one guest; pkvm: see PkvmMachine)."""
 
-    rmap = None  # kvm mode with hyp.rmap: pte_list: a simulator.rmapsim.RmapAgent
-    loop = None  # the jitted vCPU loop (simulator.vcpuloop.VcpuLoop) when it runs the vCPUs
+    rmap = None  # kvm mode with hyp.rmap: pte_list: an RmapAgent
 
     def __init__(self, cfg: ExperimentConfig, progress: Callable[[int, int], None] | None = None):
         self.cfg = cfg
@@ -561,7 +619,7 @@ class Machine:
             self.contexts.append(ctx)
         self.totals = [getattr(s, "total", None) for s in streams]
         if cfg.hyp.rmap == "pte_list":
-            from simulator.rmapsim import RmapAgent
+            from tests.reference.rmapsim import RmapAgent
 
             self.rmap = RmapAgent(self)
 
@@ -598,7 +656,7 @@ class Machine:
         entry/exit cost; it is charged with the context's next quantum (the context does
         nothing observable meanwhile)."""
         costs = self.cfg.costs
-        yield self.env.timeout(costs.lock + op_cycles)
+        yield cpu_event(self.env, costs.lock + op_cycles)
         lock.release()
         exit_cycles = costs.fault_entry_exit - costs.fault_entry_exit // 2
         ctx.debt += exit_cycles
@@ -615,8 +673,9 @@ class Machine:
         timeslice = to_cycles(self.cfg.engine.timeslice, self.cfg.machine.clock_ghz)
         vm = ctx.vm
         slot = ctx.cpu.slot
-        held = None
+        held = False
         since = 0
+        yield cpu_event(env)  # a context starts as a CPU event
         try:
             for addrs, kinds in ctx.stream:
                 addrs, kinds = vm.placement(addrs, kinds, ctx)
@@ -626,10 +685,12 @@ class Machine:
                     if ctx.stopped or (max_cycles is not None and env.now >= max_cycles):
                         ctx.done_at = env.now
                         return
-                    if slot is not None and held is None:
+                    if slot is not None and not held:
                         t0 = env.now
-                        held = slot.request()
-                        yield held
+                        grant = slot.request(ctx)
+                        if grant is not None:
+                            yield grant
+                        held = True
                         since = env.now
                         ctx.ctr.add("sched.wait_cycles", since - t0)
                         ctx.ctr.add("sched.slices")
@@ -639,7 +700,7 @@ class Machine:
                     used += ctx.debt
                     ctx.debt = 0
                     if used:
-                        yield env.timeout(used)
+                        yield cpu_event(env, used)
                     if status == B_FAULT:
                         f = ctx.mmu.fault
                         ipa = int(f[F_IPA]) & D.MASK64
@@ -648,16 +709,16 @@ class Machine:
                         if ctx.skip:
                             ctx.skip = False
                             i += 1
-                    if held is not None and slot.queue and env.now - since >= timeslice:
-                        slot.release(held)
-                        held = None
+                    if held and slot.queue and env.now - since >= timeslice:
+                        slot.release()
+                        held = False
             if ctx.debt:
-                yield env.timeout(ctx.debt)
+                yield cpu_event(env, ctx.debt)
                 ctx.debt = 0
             ctx.done_at = env.now
         finally:
-            if held is not None:
-                slot.release(held)
+            if held:
+                slot.release()
 
     @staticmethod
     def _check_progress(ctx: Context, index: int, ipa: int, before: int) -> None:
@@ -681,18 +742,11 @@ class Machine:
 
     def vcpu_processes(self, contexts: list[Context]) -> list:
         """Start running ``contexts`` from the beginning of their streams: one SimPy process
-        each, or one process driving the jitted vCPU loop (``engine.backend``)."""
-        if self.loop is not None:
-            return [self.env.process(self.loop.process(contexts))]
+        each."""
         return [self.env.process(self.context_process(c)) for c in contexts]
 
     def start(self) -> list:
         cfg = self.cfg
-        from simulator.vcpuloop import VcpuLoop
-
-        # jit where it applies (the config refuses an explicit jit where it does not)
-        if cfg.engine.backend != "simpy" and cfg.jit_unsupported is None:
-            self.loop = VcpuLoop(self)
         if cfg.guest.premap:
             self.vm.premap()
         if cfg.hyp.rebuild == "ttrem" and cfg.machine.bbm_level == 2:
@@ -779,7 +833,7 @@ class Machine:
 def run_config(cfg: ExperimentConfig, progress=None) -> dict:
     """Run one validated configuration; returns its results record."""
     if cfg.hyp.mode == "pkvm":
-        from simulator.pkvm import PkvmMachine
+        from tests.reference.pkvm import PkvmMachine
 
         return PkvmMachine(cfg, progress).run()
     return Machine(cfg, progress).run()
