@@ -369,7 +369,23 @@ class RefMemory:
 
 @dataclass
 class RefReport:
-    """What one operation did."""
+    """What one operation did.
+
+    ``visits``: calls of __kvm_pgtable_visit(), i.e. entries the loop of __kvm_pgtable_walk()
+    reached, in every walk the operation made: kvm_pgtable_walk() itself and the walks it
+    starts from a callback with __kvm_pgtable_walk() (create_unlinked()'s map walk of the new
+    table, free_unlinked()'s free walk of a detached one). One per entry whatever callbacks
+    run on it: a table entry's TABLE_PRE, the re-read after it and its TABLE_POST are one
+    visit; an entry is visited whether or not the walker has a callback for it (a LEAF-only
+    walker still visits the tables it descends through). put_page() of a table page is not a
+    walk and visits nothing.
+
+    ``stores``: writes of a descriptor: WRITE_ONCE() or cmpxchg() in stage2_try_set_pte()
+    (the locked pattern of a break, a software-bits-only update, an attribute update),
+    smp_store_release() in stage2_make_pte(), kvm_clear_pte(). Break-before-make is two
+    stores (the locked pattern, then the new entry). Zeroing a new table page is the
+    allocator's work, not a store.
+    """
 
     ret: int = 0
     tables_allocated: int = 0
@@ -378,6 +394,8 @@ class RefReport:
     cmo_bytes: int = 0
     icache_bytes: int = 0
     warnings: int = 0
+    visits: int = 0
+    stores: int = 0
 
     def count(self, kind: str) -> int:
         return sum(1 for t in self.tlbis if t[0] == kind)
@@ -450,7 +468,9 @@ class RefStage2:
         return self.mem.pages[ctx.row][ctx.idx]
 
     def write(self, ctx: Ctx, pte: int) -> None:
+        """Every store of a descriptor (WRITE_ONCE, cmpxchg, smp_store_release)."""
         self.mem.pages[ctx.row][ctx.idx] = pte
+        self.report.stores += 1
 
     def follow(self, pte: int) -> int:
         """kvm_pte_follow(): the row of the table a table descriptor points at."""
@@ -525,6 +545,7 @@ class RefStage2:
 
     def _visit(self, data: WalkData, row: int, idx: int, level: int) -> int:
         """__kvm_pgtable_visit()."""
+        self.report.visits += 1
         ctx = Ctx(row, idx, self.mem.pages[row][idx], data.start, data.addr, data.end, level,
                   data.flags)
         ret = 0

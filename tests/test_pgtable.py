@@ -410,6 +410,40 @@ def test_split_of_a_1g_block_builds_513_pages_of_pages():
     assert not s2.check_invariants()
 
 
+def test_reference_walker_visits_and_stores_are_the_kernels():
+    # naive.RefReport: visits = entries the walk loop reaches, callbacks or not (a table
+    # entry's TABLE_PRE, re-read and TABLE_POST are one visit), in every walk an operation
+    # makes; stores = descriptor writes, two per break-before-make
+    ref = N.RefStage2(N.RefMemory(12, 0x4000_0000), 40)
+    rep = ref.map(0, PAGE, 0x8000_0000, RWX)
+    # levels 1 and 2 get a table each, level 3 the page: 3 entries, 3 break-before-makes
+    assert (rep.visits, rep.stores) == (3, 6)
+    rep = ref.unmap(0, PAGE)
+    # the page cleared, then each emptied table entry at TABLE_POST; put_page() of the
+    # freed tables walks nothing
+    assert (rep.visits, rep.stores, rep.tables_freed) == (3, 3, 2)
+
+    ref.map(2 * MiB, 2 * PAGE, 0x9000_0000, RWX)
+    rep = ref.map(2 * MiB, 2 * MiB, 0x8000_0000, RW)
+    # TABLE_PRE at level 2 replaces the table by the block (2 stores) and free_unlinked()
+    # walks the whole detached level-3 table (512 visits, no store)
+    assert (rep.visits, rep.stores, rep.tables_freed) == (1 + 1 + 512, 2, 1)
+
+    rep = ref.split(2 * MiB + PAGE, PAGE)
+    # the level-1 table entry, the block, create_unlinked()'s 512 pages (2 stores each), the
+    # block's break-before-make, then the page asked for in the new table
+    assert (rep.visits, rep.stores) == (1 + 1 + 512 + 1, 2 * 512 + 2)
+
+    rep = ref.update_attrs(2 * MiB, 4 * PAGE, clear_bits=N.S2AP_W)  # wrprotect
+    assert (rep.visits, rep.stores) == (2 + 4, 4)
+    rep = ref.update_attrs(2 * MiB, 4 * PAGE, clear_bits=N.S2AP_W)  # nothing to change
+    assert (rep.visits, rep.stores) == (2 + 4, 0)
+
+    rep = ref.destroy()
+    # every entry of every table: the two pgd pages, the level-2 and the level-3 table
+    assert (rep.visits, rep.stores) == (4 * 512, 0)
+
+
 def test_split_of_a_1g_block_falls_back_to_2m_blocks_when_memory_is_short(stage2_pair):
     pair = stage2_pair(12, 40, limit_pages=2 + 5)  # the memcache holds 5 < 513 pages
     pair.map(GiB, GiB, 2 * GiB, D.PROT_RW)
