@@ -419,11 +419,17 @@ def advance(horizon, pr, fp, vmt, slots, chunks, block_levels, rbprog, g, st, ec
             g[G_NOW] = ht[0]
             c = pop(ht, hs, hc, g)
         now = g[G_NOW]
+        v = st[c, S_VM]
+        cpu = st[c, S_CPU]
+        # the context's stage-2 lives in table memory 0 or 1 (constant indices: cheap)
+        if vmt[v, V_MEM] == 0:
+            tables, refcnt, free, meta = mtables[0], mrefcnt[0], mfree[0], mmeta[0]
+        else:
+            tables, refcnt, free, meta = mtables[1], mrefcnt[1], mfree[1], mmeta[1]
+        stat = stats[v]
         # run context c from its state until it waits (an event, a queue) or Python must act
         while True:
             s = st[c, S_STATE]
-            v = st[c, S_VM]
-            cpu = st[c, S_CPU]
             if s == ST_TOP:
                 if st[c, S_POS] >= st[c, S_LEN]:
                     st[c, S_STATE] = ST_NEED_CHUNK
@@ -453,11 +459,10 @@ def advance(horizon, pr, fp, vmt, slots, chunks, block_levels, rbprog, g, st, ec
                 st[c, S_STATE] = ST_RUN
                 continue
             if s == ST_RUN:
-                mi = vmt[v, V_MEM]
                 before = st[c, S_POS]
                 i, used, status = run_batch(
                     addrs2[c], kinds2[c], before, st[c, S_LEN], pr[P_QUANTUM], vmt[v, V_VMID],
-                    mtables[mi], vmt[v, V_TBASE], ps, vmt[v, V_ROOT], vmt[v, V_START_LEVEL],
+                    tables, vmt[v, V_TBASE], ps, vmt[v, V_ROOT], vmt[v, V_START_LEVEL],
                     vmt[v, V_IA_BITS], key2[cpu], stamp2[cpu], tpa2[cpu], tperm2[cpu], off, sets,
                     ways, lat, sizes, serves, lay, wc_tag3[cpu], wc_row3[cpu], wc_stamp3[cpu],
                     clock2[cpu], costs, ctr2[c], fault2[c], owner, pr[P_OWNER_BASE],
@@ -476,7 +481,8 @@ def advance(horizon, pr, fp, vmt, slots, chunks, block_levels, rbprog, g, st, ec
             if s == ST_AFTER_RUN:
                 st[c, S_STATE] = ST_TOP
                 if st[c, S_STATUS] != B_FAULT:
-                    _yield_cpu(c, now, pr, st, cs, cq, ht, hs, hc, g)
+                    if st[c, S_HELD] != 0:
+                        _yield_cpu(c, now, pr, st, cs, cq, ht, hs, hc, g)
                     continue
                 f = fault2[c]
                 ipa = f[F_IPA]
@@ -522,7 +528,8 @@ def advance(horizon, pr, fp, vmt, slots, chunks, block_levels, rbprog, g, st, ec
                     invalidate_cpu(cpu, vmt[v, V_VMID], 0, 0, ps, key2, off, sets, ways, sizes,
                                    wc_tag3)
                     st[c, S_DEBT] += pr[P_CONFLICT]
-                    _yield_cpu(c, now, pr, st, cs, cq, ht, hs, hc, g)
+                    if st[c, S_HELD] != 0:
+                        _yield_cpu(c, now, pr, st, cs, cq, ht, hs, hc, g)
                     continue
                 for k in range(g[G_NWIN]):
                     if win[k, 0] == v and win[k, 1] <= ipa < win[k, 2]:
@@ -589,8 +596,7 @@ def advance(horizon, pr, fp, vmt, slots, chunks, block_levels, rbprog, g, st, ec
                 return RET_CALL
             if s == ST_HANDLE:
                 r = _handle(c, v, cpu, now, pr, fp, vmt, slots, block_levels, g, st, ec, tc,
-                            mtables[vmt[v, V_MEM]], mrefcnt[vmt[v, V_MEM]], mfree[vmt[v, V_MEM]],
-                            mmeta[vmt[v, V_MEM]], stats[v], rep, tlog, stk, dirty, key2, off,
+                            tables, refcnt, free, meta, stat, rep, tlog, stk, dirty, key2, off,
                             sets, ways, sizes, chunks, loc)
                 if r == 1:  # a map: top the memcache up first when the tables are pooled
                     st[c, S_STATE] = ST_MAP
@@ -604,13 +610,12 @@ def advance(horizon, pr, fp, vmt, slots, chunks, block_levels, rbprog, g, st, ec
                     st[c, S_STATE] = ST_FAULT_END
                 continue
             if s == ST_MAP:
-                mi = vmt[v, V_MEM]
-                if not _map(c, v, pr, fp, vmt, g, st, ec, tc, mtables[mi], mrefcnt[mi],
-                            mfree[mi], mmeta[mi], stats[v], rep, tlog, stk, key2, off, sets,
+                if not _map(c, v, pr, fp, vmt, g, st, ec, tc, tables, refcnt, free, meta, stat,
+                            rep, tlog, stk, key2, off, sets,
                             ways, sizes, wc_tag3, chunks):
                     return RET_ERROR
                 st[c, S_STATE] = ST_MAPPED
-                if vmt[v, V_POOL] != 0 and mmeta[mi][M_NFREE] > 0:
+                if vmt[v, V_POOL] != 0 and meta[M_NFREE] > 0:
                     g[G_CALL] = CALL_SETTLE
                     g[G_CALL_CTX] = c
                     return RET_CALL
@@ -627,9 +632,8 @@ def advance(horizon, pr, fp, vmt, slots, chunks, block_levels, rbprog, g, st, ec
                 push(ht, hs, hc, g, now + pr[P_LOCK] + st[c, S_OPC], c)
                 break
             if s == ST_REBUILD:
-                mi = vmt[v, V_MEM]
                 if not _rebuild(c, v, now, pr, fp, vmt, rbprog, g, st, ec, tc, ht, hs, hc, win,
-                                mtables[mi], mrefcnt[mi], mfree[mi], mmeta[mi], stats[v], rep,
+                                tables, refcnt, free, meta, stat, rep,
                                 tlog, key2, off, sets, ways, sizes, wc_tag3):
                     return RET_ERROR
                 break
@@ -645,7 +649,8 @@ def advance(horizon, pr, fp, vmt, slots, chunks, block_levels, rbprog, g, st, ec
                     st[c, S_SKIP] = 0
                     st[c, S_POS] += 1
                 st[c, S_STATE] = ST_TOP
-                _yield_cpu(c, now, pr, st, cs, cq, ht, hs, hc, g)
+                if st[c, S_HELD] != 0:
+                    _yield_cpu(c, now, pr, st, cs, cq, ht, hs, hc, g)
                 continue
             if s == ST_STREAM_END:
                 if st[c, S_DEBT]:
