@@ -7,7 +7,7 @@ from simulator.agents.page_table_test import PageTableTestDriver
 from simulator.agents.rmap import RmapAgent
 from simulator.config import ExperimentConfig, seconds
 from simulator.engine.machine import Machine
-from simulator.hyp.guest import GuestVM
+from simulator.vms import GuestVM
 from simulator.mmu import PageTableMemory
 from simulator.mmu import pgtable as P
 from workloads.spec import PageTableTestSpec

@@ -9,16 +9,12 @@ CPUs. Every completed access is checked against the ownership record
 
 from __future__ import annotations
 
-import numpy as np
-
 from simulator.agents.guests import GuestsAgent
 from simulator.arch.geometry import Geometry
 from simulator.config import ExperimentConfig, seconds
-from simulator.engine import layout as L
-from simulator.engine.machine import Counters, Machine, SimulationError
-from simulator.hyp.host import OWNER_HOST, OWNER_HYP, HostPhys, HostStage2, Region
+from simulator.engine.machine import Machine, SimulationError
+from simulator.hyp.host import OWNER_HYP, HostPhys, HostStage2, Region
 from simulator.hyp.page_alloc import (
-    HypBugError,
     HypPool,
     host_s2_pgtable_pages,
     hyp_s1_pgtable_pages,
@@ -26,80 +22,7 @@ from simulator.hyp.page_alloc import (
     vmemmap_bytes_per_gib,
 )
 from simulator.hyp.pools import PoolMemory
-from simulator.mmu import pgtable as P
-from simulator.mmu.walk import W_PERMISSION
-
-
-class HostVM:
-    """The host as a VM of its own: the host stage-2 and handle_host_mem_abort()'s
-    page-table work (a call-out of the engine, under the host lock)."""
-
-    def __init__(self, m: Machine, hs2: HostStage2, phys: HostPhys, mem_index: int):
-        self.machine = m
-        self.vmid = 0
-        self.owner_id = OWNER_HOST
-        self.prefix = "host."
-        self.hs2 = hs2
-        self.s2 = hs2.s2
-        self.phys = phys
-        self.geom = g = hs2.geom
-        self.lock = m.new_lock(exclusive=True)  # host_mmu.lock: a spinlock
-        self.ctr = Counters()
-        self.enomem_field = "host"
-        c = m.cfg.costs
-        self.index = m.add_vm(self, {
-            L.V_KIND: L.VM_HOST, L.V_VMID: 0, L.V_MEM: mem_index, L.V_ROOT: self.s2.root,
-            L.V_START_LEVEL: g.start_level, L.V_IA_BITS: g.ipa_bits,
-            L.V_TBASE: hs2.ptmem.base_pa, L.V_FLAGS: self.s2.base_flags, L.V_RULE: self.s2.rule,
-            L.V_LOCK: self.lock, L.V_ENTRY: c.fault_entry_exit // 2 + c.host_abort_handler,
-            L.V_OWNER: OWNER_HOST, L.V_SHARED_FROM: -1, L.V_POOL: 1, L.V_HOST_LOCK: self.lock,
-        })
-
-    def placement(self, addrs: np.ndarray, kinds: np.ndarray, ctx):
-        """Host workload addresses are offsets into host memory (then MMIO); the host kernel
-        touches only what it owns unless host.respect_ownership is false."""
-        pa = self.phys.to_pa(addrs, self.machine.cfg.host.address_space)
-        if not self.machine.cfg.host.respect_ownership:
-            return pa, kinds
-        pages = ((pa - np.uint64(self.phys.lo)) >> np.uint64(self.geom.page_shift)).astype(np.int64)
-        inside = (pa >= np.uint64(self.phys.lo)) & (pa < np.uint64(self.phys.hi))
-        keep = ~inside | self.phys.host_may_access(np.where(inside, pages, 0))
-        dropped = int(len(keep) - np.count_nonzero(keep))
-        if dropped:
-            ctx.ctr.add("skipped_accesses", dropped)
-            return np.ascontiguousarray(pa[keep]), np.ascontiguousarray(kinds[keep])
-        return pa, kinds
-
-    def callout(self, call: int, ctx) -> None:
-        """handle_host_mem_abort() under the host lock: host_stage2_idmap() of the faulting
-        address; the cycles go to S_OPC, an access that can never complete is dropped."""
-        m = self.machine
-        st = m.st
-        i = ctx.index
-        ctx.ctr.add("aborts")
-        addr = int(st[i, L.S_IPA])
-        op = 0
-        if int(st[i, L.S_FSTATUS]) == W_PERMISSION:
-            ctx.ctr.add("illegal_accesses")  # e.g. a fetch from MMIO (XN)
-            st[i, L.S_SKIP] = 1
-        else:
-            try:
-                res = self.hs2.idmap(addr)
-            except HypBugError as e:
-                raise SimulationError("hyp.vmemmap_layout", str(e)) from None
-            if res.ret == -P.EPERM:
-                ctx.ctr.add("illegal_accesses")
-                st[i, L.S_SKIP] = 1
-            elif res.ret == -P.EAGAIN:
-                ctx.ctr.add("faults.spurious")
-            elif res.ret == -P.ENOMEM:
-                raise SimulationError("host", f"host stage-2 out of memory at {addr:#x} even "
-                                      "after recycling MMIO mappings (the kernel BUGs)")
-            for rep in res.reports:
-                op += m.op_costs.cycles(rep)
-                m.apply_tlbis(0, rep)
-                m.account_op(ctx.ctr, rep)
-        st[i, L.S_OPC] = op
+from simulator.vms import HostVM
 
 
 class PkvmExperiment:

@@ -18,7 +18,7 @@ import simpy
 from simulator.config import to_cycles
 from simulator.engine import layout as L
 from simulator.engine.machine import Counters, Machine, SimulationError
-from simulator.hyp.guest import GuestVM
+from simulator.vms import GuestVM
 from simulator.hyp.host import OWNER_HOST
 from simulator.hyp.page_alloc import HypBugError
 

@@ -31,7 +31,8 @@ from simulator.arch import descriptors as D
 from simulator.config import ExperimentConfig
 from simulator.engine import layout as L
 from simulator.engine import sched as S
-from simulator.engine.loop import advance, invalidate_cpu, op_cycles
+from simulator.engine.fault import invalidate_cpu, op_cycles
+from simulator.engine.loop import advance
 from simulator.mmu import TLBHierarchy, TLBLevelSpec, WalkCache
 from simulator.mmu import pgtable as P
 from simulator.mmu.batch import K_CONFLICT, N_COSTS, N_COUNTERS, N_FAULT, VcpuMMU

@@ -5,8 +5,8 @@ they were scheduled. Only CPU contexts have events here; SimPy holds the agents'
 at one simulated time every agent event runs before every CPU event (the engine advances the
 CPUs up to, not including, the time of the next SimPy event).
 
-*Locks.* FIFO reader/writer locks (``lk[l]``: writer, readers, queue head, queue length,
-acquisitions, contended; ``lq[l]``: the queue as (who, write) pairs). An exclusive lock makes
+*Locks.* FIFO reader/writer locks (``lk[lock]``: writer, readers, queue head, queue length,
+acquisitions, contended; ``lq[lock]``: the queue as (who, write) pairs). An exclusive lock makes
 every holder a writer (5.11's spinlock); otherwise readers share it and writers exclude
 everyone (6.2's rwlock). A waiter is a CPU context (who >= 0, woken by a CPU event) or a
 Python agent (who = -1 - agent), whose grant is reported to Python as a signal.
@@ -95,46 +95,46 @@ def signal(sig, g, kind, who):
 
 
 @jit
-def lock_try(lk, lq, l, who, write):
-    """Ask for lock ``l``: True when granted at once; else ``who`` joins the queue."""
-    w = 1 if (write != 0 or lk[l, L_EXCL] != 0) else 0
-    lk[l, L_ACQ] += 1
-    if lk[l, L_QN] == 0 and lk[l, L_WRITER] == 0 and (w == 0 or lk[l, L_READERS] == 0):
+def lock_try(lk, lq, lock, who, write):
+    """Ask for ``lock``: True when granted at once; else ``who`` joins the queue."""
+    w = 1 if (write != 0 or lk[lock, L_EXCL] != 0) else 0
+    lk[lock, L_ACQ] += 1
+    if lk[lock, L_QN] == 0 and lk[lock, L_WRITER] == 0 and (w == 0 or lk[lock, L_READERS] == 0):
         if w != 0:
-            lk[l, L_WRITER] = 1
+            lk[lock, L_WRITER] = 1
         else:
-            lk[l, L_READERS] += 1
+            lk[lock, L_READERS] += 1
         return True
-    lk[l, L_CONT] += 1
+    lk[lock, L_CONT] += 1
     n = lq.shape[1]
-    tail = (lk[l, L_QHEAD] + lk[l, L_QN]) % n
-    lq[l, tail, 0] = who
-    lq[l, tail, 1] = w
-    lk[l, L_QN] += 1
+    tail = (lk[lock, L_QHEAD] + lk[lock, L_QN]) % n
+    lq[lock, tail, 0] = who
+    lq[lock, tail, 1] = w
+    lk[lock, L_QN] += 1
     return False
 
 
 @jit
-def lock_release(lk, lq, l, write, now, ht, hs, hc, g, sig, st, s_state, st_granted):
-    """Release lock ``l`` and grant the queue's head while it can be granted: a context is
+def lock_release(lk, lq, lock, write, now, ht, hs, hc, g, sig, st, s_state, st_granted):
+    """Release ``lock`` and grant the queue's head while it can be granted: a context is
     scheduled now in state ``st_granted``, an agent is signalled."""
-    if write != 0 or lk[l, L_EXCL] != 0:
-        lk[l, L_WRITER] = 0
+    if write != 0 or lk[lock, L_EXCL] != 0:
+        lk[lock, L_WRITER] = 0
     else:
-        lk[l, L_READERS] -= 1
+        lk[lock, L_READERS] -= 1
     n = lq.shape[1]
-    while lk[l, L_QN] > 0:
-        h = lk[l, L_QHEAD]
-        who = lq[l, h, 0]
-        w = lq[l, h, 1]
-        if lk[l, L_WRITER] != 0 or (w != 0 and lk[l, L_READERS] != 0):
+    while lk[lock, L_QN] > 0:
+        h = lk[lock, L_QHEAD]
+        who = lq[lock, h, 0]
+        w = lq[lock, h, 1]
+        if lk[lock, L_WRITER] != 0 or (w != 0 and lk[lock, L_READERS] != 0):
             break
-        lk[l, L_QHEAD] = (h + 1) % n
-        lk[l, L_QN] -= 1
+        lk[lock, L_QHEAD] = (h + 1) % n
+        lk[lock, L_QN] -= 1
         if w != 0:
-            lk[l, L_WRITER] = 1
+            lk[lock, L_WRITER] = 1
         else:
-            lk[l, L_READERS] += 1
+            lk[lock, L_READERS] += 1
         if who >= 0:
             st[who, s_state] = st_granted
             push(ht, hs, hc, g, now, who)
