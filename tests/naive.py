@@ -1074,12 +1074,14 @@ class TLBEntry:
 class RefTLBLevel:
     """One set-associative level: per set an OrderedDict from LRU to MRU."""
 
-    def __init__(self, name: str, sets: int, ways: int, latency: int, leaf_levels, page_shift):
+    def __init__(self, name: str, sets: int, ways: int, latency: int, leaf_levels, page_shift,
+                 serves: str = "all"):
         self.name = name
         self.nsets = sets
         self.ways = ways
         self.latency = latency
         self.ps = page_shift
+        self.serves = serves  # "all", "data" (reads, writes) or "instruction" (fetches)
         # the page sizes held, as shifts, largest first
         self.shifts = sorted((granule_shift(lv, page_shift) for lv in leaf_levels), reverse=True)
         self.sets: list[OrderedDict] = [OrderedDict() for _ in range(sets)]
@@ -1092,9 +1094,10 @@ class RefTLB:
     """A hierarchy of LRU TLB levels (tlb.py's module docstring, in lists and dicts)."""
 
     def __init__(self, specs, page_shift: int):
-        """specs: (name, sets, ways, latency, leaf_levels) per level, nearest first."""
+        """specs: (name, sets, ways, latency, leaf_levels[, serves]) per level, nearest
+        first."""
         self.ps = page_shift
-        self.levels = [RefTLBLevel(*s, page_shift) for s in specs]
+        self.levels = [RefTLBLevel(*s[:5], page_shift, *s[5:]) for s in specs]
 
     def lookup(self, lv: int, ipa: int, vmid: int) -> tuple[int, TLBEntry] | None:
         """Probe every size the level holds (smallest first); a hit becomes MRU.
@@ -1107,6 +1110,13 @@ class RefTLB:
                 s.move_to_end(key)
                 return shift, s[key]
         return None
+
+    def conflicts(self, lv: int, ipa: int, vmid: int, shift: int) -> bool:
+        """Another entry of a larger size than ``shift`` also holds ``ipa`` (FEAT_BBM level
+        2 without nT: a TLB conflict abort, ARM ARM D8.16.2). Does not touch the LRU order."""
+        level = self.levels[lv]
+        return any((vmid, s, ipa >> s) in level.set_of(ipa >> s)
+                   for s in level.shifts if s > shift)
 
     def fill(self, lv: int, ipa: int, vmid: int, shift: int, pa: int, perm: int) -> bool:
         """Insert a translation of 2**shift bytes at output ``pa``, splintered to the largest
@@ -1158,14 +1168,27 @@ READ, WRITE, FETCH = 0, 1, 2
 
 
 class RefVcpu:
-    """run_batch()'s semantics (batch.py's docstring), one access at a time, in dicts."""
+    """run_batch()'s semantics (batch.py's docstring), one access at a time, in dicts.
+
+    A level serves data accesses (reads, writes), instruction fetches or both
+    (RefTLBLevel.serves); an access probes and fills only the levels serving it. With
+    ``costs["conflict_check"]`` a hit in a level that also holds a larger entry for the
+    address is a TLB conflict abort ("conflict", level 0). With an ownership record (``owner``:
+    an id per page from ``owner_base``; ``me``: the id of the context) every completed access
+    whose output page belongs to someone else counts in ``isolation.violations`` (a page
+    marked shared, 0x80 | borrower, is open to the host, id 0, and to its borrower)."""
 
     def __init__(self, tlb: RefTLB, wc: RefWalkCache, *, vmid: int = 1,
-                 costs: dict[str, int] | None = None):
+                 costs: dict[str, int] | None = None, owner=None, owner_base: int = 0,
+                 me: int = 0):
         self.tlb = tlb
         self.wc = wc
         self.vmid = vmid
-        self.costs = {"access": 0, "mem_ref": 0, "wc_hit": 0, **(costs or {})}
+        self.costs = {"access": 0, "mem_ref": 0, "wc_hit": 0, "conflict_check": 0,
+                      **(costs or {})}
+        self.owner = [] if owner is None else [int(o) for o in owner]
+        self.owner_base = owner_base
+        self.me = me
         self.clock = 0
         self.fault: dict[str, int] | None = None
         names = [lv.name for lv in tlb.levels]
@@ -1173,6 +1196,8 @@ class RefVcpu:
             "accesses", "reads", "writes", "fetches", "walks", "walk.mem_refs",
             "walk_cache.hits", "translation_faults", "permission_faults", "access_flag_faults",
             "cycles.translation", "xlate.l1", "xlate.l2", "xlate.l3")}
+        if self.owner:
+            self.ctr["isolation.violations"] = 0
         for n in names:
             self.ctr[f"tlb.{n}.hits"] = 0
             self.ctr[f"tlb.{n}.misses"] = 0
@@ -1183,6 +1208,21 @@ class RefVcpu:
     def _fault(self, status: str, level: int, ipa: int, kind: int, pte: int, index: int):
         self.fault = {"status": status, "level": level, "ipa": ipa, "kind": kind, "pte": pte,
                       "index": index}
+
+    def serving(self, kind: int) -> list[int]:
+        """The levels an access of ``kind`` probes and fills, nearest first."""
+        cls = "instruction" if kind == FETCH else "data"
+        return [lv for lv, level in enumerate(self.tlb.levels) if level.serves in ("all", cls)]
+
+    def violates(self, out_pa: int) -> bool:
+        page = (out_pa - self.owner_base) >> self.tlb.ps
+        if not 0 <= page < len(self.owner):
+            return False
+        o = self.owner[page]
+        if o == self.me:
+            return False
+        shared_with_me = o & 0x80 and o != 0xFF and (self.me == 0 or o & 0x7F == self.me)
+        return not shared_with_me
 
     def run(self, read, base_pa: int, page_shift: int, root_row: int, start_level_: int,
             ipa_bits: int, addrs, kinds, start: int, stop: int, budget: int
@@ -1196,8 +1236,10 @@ class RefVcpu:
             ipa, kind = int(addrs[i]), int(kinds[i])
             self.clock += 1
             cyc = self.costs["access"]
+            levels = self.serving(kind)
             hit = None
-            for lv, level in enumerate(self.tlb.levels):
+            for lv in levels:
+                level = self.tlb.levels[lv]
                 cyc += level.latency
                 found = self.tlb.lookup(lv, ipa, self.vmid)
                 if found is not None:
@@ -1207,9 +1249,16 @@ class RefVcpu:
                 self.ctr[f"tlb.{level.name}.misses"] += 1
             if hit is not None:
                 lv, shift, entry = hit
-                perm = entry.perm
-                for up in range(lv):
-                    self.tlb.fill(up, ipa, self.vmid, shift, entry.pa, perm)
+                if self.costs["conflict_check"] and self.tlb.conflicts(lv, ipa, self.vmid,
+                                                                       shift):
+                    self._fault("conflict", 0, ipa, kind, 0, i)
+                    cycles += cyc
+                    self.ctr["cycles.translation"] += cycles
+                    return i, cycles, "fault"
+                perm, pa = entry.perm, entry.pa
+                for up in levels:
+                    if up < lv:
+                        self.tlb.fill(up, ipa, self.vmid, shift, pa, perm)
             else:
                 self.ctr["walks"] += 1
                 w = hw_walk(read, base_pa, page_shift, root_row, start_level_, ipa_bits, ipa,
@@ -1230,10 +1279,11 @@ class RefVcpu:
                 perm |= PERM_R if pte & S2AP_R else 0
                 perm |= PERM_W if pte & S2AP_W else 0
                 perm |= 0 if pte & XN else PERM_X
+                shift = w.shift
+                pa = pte_to_phys(pte & oa_mask(w.level, page_shift), page_shift)
                 if w.level == 3 or not pte & NT:  # an nT block is never cached
-                    pa = pte_to_phys(pte & oa_mask(w.level, page_shift), page_shift)
-                    for lv in range(len(self.tlb.levels)):
-                        self.tlb.fill(lv, ipa, self.vmid, w.shift, pa, perm)
+                    for lv in levels:
+                        self.tlb.fill(lv, ipa, self.vmid, shift, pa, perm)
             need = {READ: PERM_R, WRITE: PERM_W, FETCH: PERM_X}[kind]
             if not perm & need:
                 self.ctr["permission_faults"] += 1
@@ -1241,6 +1291,8 @@ class RefVcpu:
                 cycles += cyc
                 self.ctr["cycles.translation"] += cycles
                 return i, cycles, "fault"
+            if self.owner and self.violates(pa + (ipa & ((1 << shift) - 1))):
+                self.ctr["isolation.violations"] += 1
             self.ctr["accesses"] += 1
             self.ctr[("reads", "writes", "fetches")[kind]] += 1
             self.ctr[f"xlate.l{perm >> 4}"] += 1

@@ -1,27 +1,38 @@
 """simulator.mmu.batch: run_batch (through VcpuMMU) against naive.RefVcpu.
 
-Semantics (batch.py's docstring): per access, probe the TLB levels in order charging each
-level's latency; a hit fills the levels above it; a miss everywhere walks (a memory reference
-per descriptor read, the walk-cache hit cost) and fills every level (never an nT block); then
-the permission check. The kernel returns after the access that reaches the budget, or at a
+Semantics (batch.py's docstring): per access, probe the TLB levels serving its class in order
+charging each level's latency; a hit fills the levels above it; a miss everywhere walks (a
+memory reference per descriptor read, the walk-cache hit cost) and fills every level (never
+an nT block); then the permission check and, with an ownership record, the isolation check.
+With the conflict check on, a hit in a level that also holds a larger entry for the address is
+a TLB conflict abort. The kernel returns after the access that reaches the budget, or at a
 fault: the faulting access is not counted in ``accesses`` (its lookups and walk are) and is
 replayed by the next call.
+
+run_batch's TLB probe, fill and walk are tlb.py's tlb_probe / tlb_insert and walk.py's walk,
+inlined: the same functions test_tlb.py and test_walk.py drive through tlb_lookup, tlb_fill
+and hw_walk. The random streams here cover every path of the loop around them: one to three
+levels holding any sizes, split instruction/data levels, walk cache on and off, blocks, nT
+blocks, pages and faults of every kind, the conflict check, the ownership check, budgets
+that stop anywhere, TLB and walk-cache invalidations (and stale entries left on purpose).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import naive as N
 from simulator.arch import descriptors as D
 from simulator.arch.geometry import Geometry
+from conftest import tlb_contents, wc_contents
+from simulator.mmu import batch as B
 from simulator.mmu.batch import FETCH, READ, WRITE, VcpuMMU
 from simulator.mmu.pgtable import PageTableMemory, Stage2
 from simulator.mmu.tlb import TLBHierarchy, TLBLevelSpec
-from simulator.mmu.walk import WalkCache
+from simulator.mmu.walk import W_ACCESS_FLAG, W_CONFLICT, W_PERMISSION, W_TRANSLATION, WalkCache
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 PAGE = 4 * KiB
@@ -119,6 +130,152 @@ def test_random_streams_match_the_reference_runner(vcpu_pair, setup, data):
         if data.draw(st.integers(0, 5)) == 0:
             lo = data.draw(st.integers(0, 7)) * N.granule_size(2, s2.geom.page_shift) // 2
             apply_tlbis(pair, s2.unmap(lo, data.draw(st.sampled_from([page, 64 * page]))))
+
+
+class SplitPair:
+    """A VcpuMMU and a naive.RefVcpu over the same stage-2 with any split of the TLB levels
+    between data and instruction accesses, the conflict check and an ownership record;
+    every run is compared: results, counters, fault records, TLB and walk-cache contents."""
+
+    STATUS = {W_TRANSLATION: "translation", W_ACCESS_FLAG: "access_flag",
+              W_PERMISSION: "permission", W_CONFLICT: "conflict"}
+
+    def __init__(self, s2, specs, wc_entries, costs, owner, owner_base, me, vmid=1):
+        ps = s2.geom.page_shift
+        self.s2 = s2
+        self.vmid = vmid
+        self.ps = ps
+        self.sim = VcpuMMU(TLBHierarchy([TLBLevelSpec(*sp) for sp in specs], ps),
+                           WalkCache(wc_entries), vmid=vmid, costs=costs)
+        self.sim.owner = owner
+        self.sim.owner_base = owner_base
+        self.sim.owner_id = me
+        self.ref = N.RefVcpu(N.RefTLB(specs, ps), N.RefWalkCache(wc_entries, ps), vmid=vmid,
+                             costs=costs, owner=owner, owner_base=owner_base, me=me)
+
+    def run(self, addrs, kinds, start, stop, budget):
+        s2, g = self.s2, self.s2.geom
+        got = self.sim.run(s2, addrs, kinds, start, stop, budget)
+        want = self.ref.run(lambda r, i: int(s2.mem.tables[r, i]), s2.mem.base_pa,
+                            g.page_shift, s2.root, g.start_level, g.ipa_bits, addrs, kinds,
+                            start, stop, budget)
+        got = (int(got[0]), int(got[1]), "fault" if int(got[2]) == B.B_FAULT else "done")
+        assert got == want, f"run({start}, {stop}, {budget}): simulator {got} != reference {want}"
+        assert self.sim.counters() == self.ref.counters()
+        if got[2] == "fault":
+            f = self.sim.fault
+            assert {"status": self.STATUS[int(f[B.F_STATUS])], "level": int(f[B.F_LEVEL]),
+                    "ipa": int(f[B.F_IPA]) & N.MASK64, "kind": int(f[B.F_KIND]),
+                    "pte": int(f[B.F_PTE]) & N.MASK64, "index": int(f[B.F_INDEX])} == self.ref.fault
+        assert tlb_contents(self.sim.tlb) == self.ref.tlb.contents()
+        assert wc_contents(self.sim.wc, self.ps) == self.ref.wc.contents()
+        return got
+
+    def invalidate(self, vmid, lo=0, hi=0):
+        assert self.sim.tlb.invalidate(vmid, lo, hi) == self.ref.tlb.invalidate(vmid, lo, hi)
+        assert self.sim.wc.invalidate(vmid, lo, hi, self.ps) == self.ref.wc.invalidate(vmid, lo,
+                                                                                        hi)
+
+
+OWNER_BASES = [0, 0x10_0000_0000, 0x20_0000_0000]
+
+
+@st.composite
+def split_setups(draw):
+    """setups() with each level serving data, instructions or both (every class served),
+    the conflict check on or off, and an ownership record (possibly empty)."""
+    s2, specs, wc_entries, costs, stream_ = draw(setups())
+    serves = [draw(st.sampled_from(["all", "data", "instruction"])) for _ in specs]
+    for cls in ("data", "instruction"):
+        if not any(x in ("all", cls) for x in serves):
+            serves[draw(st.integers(0, len(serves) - 1))] = "all"
+    specs = [(*sp, sv) for sp, sv in zip(specs, serves)]
+    costs = {**costs, "conflict_check": draw(st.sampled_from([0, 1]))}
+    page = 1 << s2.geom.page_shift
+    npages = draw(st.sampled_from([0, 1, 7, 4 * N.granule_size(2, s2.geom.page_shift) // page]))
+    pattern = draw(st.lists(st.sampled_from([0, 1, 2, 0x81, 0x82, 0xFF]), min_size=1,
+                            max_size=5))
+    owner = np.array([pattern[i % len(pattern)] for i in range(npages)], dtype=np.uint8)
+    owner_base = draw(st.sampled_from(OWNER_BASES))
+    addrs, kinds = stream_
+    if s2.geom.page_shift == 12 and s2.geom.ipa_bits > 31 and draw(st.booleans()):
+        # a level-1 block (1 GiB) at 1 GiB, and accesses into it
+        s2.map(GiB, GiB, 0x40_0000_0000)
+        for j in draw(st.lists(st.integers(0, len(addrs) - 1), max_size=len(addrs))):
+            addrs[j] = GiB + (int(addrs[j]) % (4 * N.granule_size(2, 12)))
+    return s2, specs, wc_entries, costs, owner, owner_base, draw(st.sampled_from([0, 1, 2])), \
+        (addrs, kinds)
+
+
+@settings(settings.get_profile("mmu"), max_examples=100)
+@given(split_setups(), st.data())
+def test_split_tlbs_conflicts_and_ownership_match_the_reference_runner(setup, data):
+    s2, specs, wc_entries, costs, owner, owner_base, me, (addrs, kinds) = setup
+    pair = SplitPair(s2, specs, wc_entries, costs, owner, owner_base, me)
+    event(f"{len(specs)} levels, split: {any(sp[5] != 'all' for sp in specs)}, "
+          f"walk cache: {wc_entries > 0}")
+    page = 1 << s2.geom.page_shift
+    l2 = N.granule_size(2, s2.geom.page_shift)
+    i, n = 0, len(addrs)
+    for _ in range(4 * n):
+        if i >= n:
+            break
+        budget = data.draw(st.sampled_from([0, 1, 50, 500, 1 << 40]))
+        nxt, cycles, status = pair.run(addrs, kinds, i, n, budget)
+        if status == "fault":
+            f = pair.ref.fault
+            assert f["index"] == nxt
+            ipa = f["ipa"]
+            if f["status"] == "conflict":
+                pair.invalidate(pair.vmid)  # the abort handler's flush of the VMID; replayed
+            elif (f["status"] == "translation" and ipa < 1 << s2.geom.ipa_bits
+                    and data.draw(st.booleans())):
+                base = ipa - ipa % page
+                s2.map(base, page, 0x20_0000_0000 + base)
+            else:
+                nxt += 1
+        i = nxt
+        if status == "fault":
+            event(f"fault: {pair.ref.fault['status']}")
+        op = data.draw(st.integers(0, 5))
+        if op == 0:
+            lo = data.draw(st.integers(0, 7)) * l2 // 2
+            apply_tlbis(pair, s2.unmap(lo, data.draw(st.sampled_from([page, 64 * page]))))
+        elif op == 2 and costs["conflict_check"]:
+            # a page's entry left in the TLBs while its region becomes a block (no TLBI),
+            # then an access elsewhere in the block (its walk fills the block's entry) and
+            # one to the page: a TLB conflict wherever a level holds both sizes
+            a = int(addrs[data.draw(st.integers(0, n - 1))]) % (1 << s2.geom.ipa_bits)
+            lo = a - a % l2
+            s2.unmap(lo, l2)
+            s2.map(a - a % page, page, 0x30_0000_0000 + lo)
+            more = stream((a, READ), (lo + (a + page) % l2, READ), (a, READ))
+            event(f"remap under a page entry, a level holds both: "
+                  f"{any({2, 3} <= set(sp[4]) for sp in specs)}")
+            j = 0
+            while j < 3:
+                if j == 1:
+                    s2.unmap(lo, l2)
+                    s2.map(lo, l2, 0x30_0000_0000 + lo)
+                j, _, st2 = pair.run(*more, j, j + 1, 1 << 40)
+                if st2 == "fault":
+                    if pair.ref.fault["status"] == "conflict":
+                        event("fault: conflict")
+                        pair.invalidate(pair.vmid)
+                    j += 1
+        elif op == 1:
+            # remap a region with another size without any TLBI (what FEAT_BBM level 2 allows
+            # without break-before-make): stale entries of the old size stay in the TLBs
+            lo = data.draw(st.integers(0, 3)) * l2
+            s2.unmap(lo, l2)
+            if data.draw(st.booleans()):
+                s2.map(lo, l2, 0x30_0000_0000 + lo)
+            else:
+                s2.map(lo + data.draw(st.integers(0, 6)) * page, page, 0x30_0000_0000 + lo)
+    c = pair.ref.counters()
+    if owner.shape[0]:
+        event(f"isolation violations: {'some' if c['isolation.violations'] else 'none'}")
+    event(f"leaf levels used: {[lvl for lvl in (1, 2, 3) if c[f'xlate.l{lvl}']]}")
 
 
 # ==========================================================================================

@@ -8,6 +8,23 @@ fills every level, then checks permissions. It returns when the budget is spent,
 accesses run out, or an access faults; the faulting access is not counted in ``accesses``
 and is replayed from its TLB lookup by the next call (its lookups and walk *are* counted,
 so every lookup made, the replay's included, shows in the TLB counters).
+
+One implementation of the probe, the fill and the walk. They are written once, as
+``tlb_probe`` and ``tlb_insert`` (tlb.py) and ``walk`` (walk.py), jitted with
+``inline="always"``: numba inlines them into run_batch at the IR level, so run_batch calls
+nothing per access. ``tlb_lookup``, ``tlb_fill`` and ``hw_walk`` are thin jitted wrappers
+of the same three functions, and they are what tests/test_tlb.py and tests/test_walk.py
+hold to the pure-Python references (tests/naive.py); tests/test_batch.py holds run_batch
+itself to naive.RefVcpu on random streams covering every path of the loop around them.
+
+run_batch is compiled without numba's reference counting (``_nrt=False``): inlined
+functions bind their array arguments to new variables, and numba counts references to each
+such binding (an atomic increment and decrement per array, per call, per access) wherever its
+pruning pass gives up, which in a function of this size is everywhere. Without NRT nothing
+is counted; the price is that run_batch may not allocate (it does not). Arrays are indexed
+with unsigned integers in the hot loops (no negative-index wrap-around code), and a walk
+prefetches the last-level descriptor of the access PREFETCH_AHEAD places ahead (host
+performance only: nothing simulated changes).
 """
 
 from __future__ import annotations
@@ -15,15 +32,25 @@ from __future__ import annotations
 import numpy as np
 
 from simulator._jit import jit
-from simulator.mmu.tlb import INVALID, PERM_LEVEL_SHIFT, PERM_R, PERM_W, PERM_X
+from simulator.mmu.tlb import (
+    L_FIRST_LV,
+    L_FIRST_SHIFT,
+    MAX_TLB_LEVELS,
+    PERM_LEVEL_SHIFT,
+    PERM_R,
+    PERM_W,
+    PERM_X,
+    tlb_insert,
+    tlb_layout,
+    tlb_probe,
+)
 from simulator.mmu.walk import (
     W_ACCESS_FLAG,
     W_CONFLICT,
     W_OK,
     W_PERMISSION,
-    W_TRANSLATION,
-    wc_fill,
-    wc_lookup,
+    walk,
+    walk_prefetch,
 )
 
 U = np.uint64
@@ -48,7 +75,6 @@ C_CYCLES = 10
 C_XLATE = 11  # + leaf level (1..3): completed accesses translated by a leaf of that level
 C_ISOLATION = 15  # completed accesses whose output page the context does not own
 C_TLB = 16  # + 2 * tlb level: hits; + 2 * tlb level + 1: misses
-MAX_TLB_LEVELS = 8
 N_COUNTERS = C_TLB + 2 * MAX_TLB_LEVELS
 
 # cost slots (cycles)
@@ -67,57 +93,21 @@ F_PTE = 4
 F_INDEX = 5
 N_FAULT = 8
 
+# A walk also prefetches the last-level descriptor of the access this far ahead (host
+# performance only: the walk of a trace that misses the TLBs is bound by the latency of that
+# read, which the host's caches mostly miss on large page tables).
+PREFETCH_AHEAD = 8
+
 # return status
 B_DONE = 0  # budget spent or accesses exhausted
 B_FAULT = 1
 
 
-# the per-hierarchy tables run_batch() probes and fills with (batch_layout()), int64 offsets
-L_PROBE = 0  # [lv * 3 + j]: the shifts level lv probes, smallest first
-L_NPROBE = L_PROBE + 3 * MAX_TLB_LEVELS  # [lv]: how many
-L_SETMASK = L_NPROBE + MAX_TLB_LEVELS  # [lv]: sets - 1, or -1 when sets is not a power of 2
-L_FILL_AT = L_SETMASK + MAX_TLB_LEVELS  # [lv * 4 + leaf]: the shift an entry of that leaf
-#                                         level is stored at in level lv (-1: not stored)
-L_FIRST_LV = L_FILL_AT + 4 * MAX_TLB_LEVELS  # [cls]: the first level serving the class
-L_FIRST_SHIFT = L_FIRST_LV + 2  # [cls]: that level's first-probed shift
-N_LAYOUT = L_FIRST_SHIFT + 2
+# the per-hierarchy tables run_batch() probes and fills with (tlb.py's layout)
+batch_layout = tlb_layout
 
 
-@jit
-def batch_layout(sets, sizes, serves, page_shift):
-    """The tables run_batch() derives from a TLB hierarchy's geometry (computed once per
-    hierarchy: they never change)."""
-    nlev = sets.shape[0]
-    lay = np.full(N_LAYOUT, -1, np.int64)
-    for lv in range(nlev):
-        n = 0
-        if (sets[lv] & (sets[lv] - 1)) == 0:
-            lay[L_SETMASK + lv] = sets[lv] - 1
-        for leaf in range(3, 0, -1):
-            if (sizes[lv] >> leaf) & 1:
-                lay[L_PROBE + lv * 3 + n] = (page_shift - 3) * (4 - leaf) + 3
-                n += 1
-        lay[L_NPROBE + lv] = n
-        for leaf in range(1, 4):
-            ls = (page_shift - 3) * (4 - leaf) + 3
-            for held in range(1, 4):
-                hs = (page_shift - 3) * (4 - held) + 3
-                if (sizes[lv] >> held) & 1 and hs <= ls:
-                    lay[L_FILL_AT + lv * 4 + leaf] = hs
-                    break
-    # Per access class (0 data, 1 instruction): the first level serving it, and the smallest
-    # size that level holds (probed first).
-    for c in range(2):
-        for lv in range(nlev):
-            if (serves[lv] >> c) & 1:
-                lay[L_FIRST_LV + c] = lv
-                break
-        if lay[L_FIRST_LV + c] >= 0:
-            lay[L_FIRST_SHIFT + c] = lay[L_PROBE + lay[L_FIRST_LV + c] * 3]
-    return lay
-
-
-@jit
+@jit(_nrt=False)
 def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shift, root_row,
               start_level, ia_bits, key, stamp, tpa, tperm, off, sets, ways, lat, sizes, serves,
               lay, wc_tag, wc_row, wc_stamp, clock, costs, ctr, fault, owner, owner_base, me):
@@ -137,10 +127,9 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
     marked shared (0x80 | borrower) is open to the host (me == 0) and to its borrower.
     Returns (index of the next access to run, cycles used, B_DONE or B_FAULT).
 
-    The TLB probe, fill and table walk are written out here rather than called: numba
-    reference-counts every array argument of a call between jitted functions, which in this
-    loop cost about 3x the work itself. They do exactly what tlb_lookup(), tlb_fill() and
-    hw_walk() do; the tests hold all of them to the same pure-Python reference.
+    The TLB probe, the fill and the walk are tlb_probe(), tlb_insert() and walk(), inlined
+    here (see the module docstring); tlb_lookup(), tlb_fill() and hw_walk() wrap the same
+    functions for the tests.
     """
     nlev = off.shape[0]
     cycles = 0
@@ -149,19 +138,20 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
     n_walks = 0
     n_refs = 0
     n_wc = 0
-    use_wc = wc_tag.shape[1] > 0
     n_owned = owner.shape[0]
     n_violations = 0
-    ptmask = U((1 << (page_shift - 3)) - 1)
     oa_mask = U(0x0000FFFFFFFFFFFF) & ~((U(1) << U(page_shift)) - U(1))
-    pgd_shift = U((page_shift - 3) * (5 - start_level) + 3)
-    min_block = 1 if page_shift == 12 else 2
     vtag = U(vmid) << U(46)
     # An access in the region of the entry of the class's first level used last by its
     # class, when the entry has that level's first-probed size and still holds the same
     # key, is exactly the hit a full probe would find (a key appears at most once in a set).
-    # last[cls]: that entry + 1 (0: none); last[2 + cls]: its key; last[4 + cls]: its VPN.
-    last = np.zeros(6, np.uint64)
+    # Per class (data, instruction): that entry (-1: none), its key and its VPN.
+    last_e0 = -1
+    last_k0 = U(0)
+    last_v0 = U(0)
+    last_e1 = -1
+    last_k1 = U(0)
+    last_v1 = U(0)
     base_cost = costs[K_ACCESS]
     ref_cost = costs[K_MEM_REF]
     conflict_check = costs[K_CONFLICT]
@@ -173,17 +163,24 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
         cls = 1 if kind == FETCH else 0
         now += 1
         cyc = base_cost
-        le = np.int64(last[cls]) - 1 if conflict_check == 0 else -1
+        if cls == 0:
+            le = last_e0
+            lk = last_k0
+            lvpn = last_v0
+        else:
+            le = last_e1
+            lk = last_k1
+            lvpn = last_v1
         flv = lay[L_FIRST_LV + cls]
         fsh = lay[L_FIRST_SHIFT + cls]
-        if le >= 0 and (a >> U(fsh)) == last[4 + cls] and key[le] == last[2 + cls]:
+        if le >= 0 and (a >> U(fsh)) == lvpn and key[le] == lk:
             e = le
             stamp[e] = now
             ctr[C_TLB + 2 * flv] += 1
             cyc += lat[flv]
             perm = np.int64(tperm[e])
         else:
-            # ---- probe the levels serving this class, in order (tlb_lookup) ----
+            # ---- probe the levels serving this class, in order ----
             e = -1
             hit = -1
             conflict = False
@@ -191,38 +188,9 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
                 if (serves[lv] >> cls) & 1 == 0:
                     continue
                 cyc += lat[lv]
-                nways = ways[lv]
-                smask = lay[L_SETMASK + lv]
-                for j in range(lay[L_NPROBE + lv]):
-                    shift = lay[L_PROBE + lv * 3 + j]
-                    vpn = a >> U(shift)
-                    k = vtag | (U(shift) << U(40)) | vpn
-                    if smask >= 0:
-                        base = off[lv] + np.int64(vpn & U(smask)) * nways
-                    else:
-                        base = off[lv] + np.int64(vpn % U(sets[lv])) * nways
-                    for w in range(nways):
-                        if key[base + w] == k:
-                            e = base + w
-                            break
-                    if e >= 0:
-                        if conflict_check != 0:
-                            # FEAT_BBM level 2 without nT: an entry of another size that
-                            # also matches is a TLB conflict (ARM ARM D8.16.2)
-                            for j2 in range(j + 1, lay[L_NPROBE + lv]):
-                                shift2 = lay[L_PROBE + lv * 3 + j2]
-                                vpn2 = a >> U(shift2)
-                                k2 = vtag | (U(shift2) << U(40)) | vpn2
-                                if smask >= 0:
-                                    b2 = off[lv] + np.int64(vpn2 & U(smask)) * nways
-                                else:
-                                    b2 = off[lv] + np.int64(vpn2 % U(sets[lv])) * nways
-                                for w2 in range(nways):
-                                    if key[b2 + w2] == k2:
-                                        conflict = True
-                        break
+                e, conflict = tlb_probe(lv, a, vtag, key, stamp, off, sets, ways, lay, now,
+                                        conflict_check)
                 if e >= 0:
-                    stamp[e] = now
                     ctr[C_TLB + 2 * lv] += 1
                     hit = lv
                     break
@@ -243,45 +211,17 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
                 pa = tpa[e]
                 nfill = hit
             else:
-                # ---- the stage-2 walk (hw_walk) ----
+                # ---- the stage-2 walk ----
                 n_walks += 1
-                refs = 0
-                wst = W_TRANSLATION
-                level = start_level
-                pte = U(0)
-                shift = 0
-                if (a >> U(ia_bits)) == U(0):
-                    row = root_row + np.int64(a >> pgd_shift)
-                    if use_wc:
-                        for lvw in range(2, start_level - 1, -1):
-                            r = wc_lookup(lvw, vmid, a, page_shift, wc_tag, wc_row, wc_stamp, now)
-                            if r >= 0:
-                                row = r
-                                level = lvw + 1
-                                n_wc += 1
-                                cyc += costs[K_WC_HIT]
-                                break
-                    while True:
-                        shift = (page_shift - 3) * (4 - level) + 3
-                        pte = tables[row, np.int64((a >> U(shift)) & ptmask)]
-                        refs += 1
-                        if (pte & U(1)) == U(0):
-                            break
-                        if level < 3 and (pte & U(2)) != U(0):
-                            tpa_ = pte & oa_mask
-                            if page_shift == 16:
-                                tpa_ |= (pte & U(0xF000)) << U(36)
-                            nxt = np.int64((tpa_ - U(base_pa)) >> U(page_shift))
-                            if use_wc:
-                                wc_fill(level, vmid, a, page_shift, nxt, wc_tag, wc_row, wc_stamp,
-                                        now)
-                            row = nxt
-                            level += 1
-                            continue
-                        if (level == 3 and (pte & U(2)) == U(0)) or level < min_block:
-                            break
-                        wst = W_OK if (pte & U(1 << 10)) != U(0) else W_ACCESS_FLAG
-                        break
+                if i + PREFETCH_AHEAD < stop:
+                    walk_prefetch(addrs[i + PREFETCH_AHEAD], tables, base_pa, page_shift,
+                                  root_row, start_level, ia_bits)
+                wst, level, pte, refs, wc_hit, shift = walk(
+                    a, vmid, tables, base_pa, page_shift, root_row, start_level, ia_bits,
+                    wc_tag, wc_row, wc_stamp, now)
+                if wc_hit >= 0:
+                    n_wc += 1
+                    cyc += costs[K_WC_HIT]
                 n_refs += refs
                 cyc += refs * ref_cost
                 if wst != W_OK:
@@ -312,47 +252,31 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
                 # an nT block is never cached
                 nfill = nlev if (level == 3 or (pte & U(1 << 16)) == U(0)) else 0
                 e = -1
-            # ---- fill the levels above the hit, or all after a walk (tlb_fill) ----
-            leaf_of_entry = 4 - (shift - 3) // (page_shift - 3)
+            # ---- fill the levels above the hit, or all after a walk ----
             for lv in range(nfill):
                 if (serves[lv] >> cls) & 1 == 0:
                     continue
-                fill_shift = lay[L_FILL_AT + lv * 4 + leaf_of_entry]
-                if fill_shift < 0:
-                    continue
-                fpa = U(pa)
-                if fill_shift < shift:
-                    fpa += (a & ((U(1) << U(shift)) - U(1))) & ~((U(1) << U(fill_shift)) - U(1))
-                vpn = a >> U(fill_shift)
-                nways = ways[lv]
-                smask = lay[L_SETMASK + lv]
-                if smask >= 0:
-                    base = off[lv] + np.int64(vpn & U(smask)) * nways
-                else:
-                    base = off[lv] + np.int64(vpn % U(sets[lv])) * nways
-                victim = base
-                for w in range(nways):
-                    ev = base + w
-                    if key[ev] == INVALID:
-                        victim = ev
-                        break
-                    if stamp[ev] < stamp[victim]:
-                        victim = ev
-                key[victim] = vtag | (U(fill_shift) << U(40)) | vpn
-                stamp[victim] = now
-                tpa[victim] = fpa
-                tperm[victim] = perm
-                if lv == flv:
-                    e = victim
+                v = tlb_insert(lv, a, vtag, shift, pa, perm, key, stamp, tpa, tperm, off, sets,
+                               ways, lay, now)
+                if lv == flv and v >= 0:
+                    e = v
             # remember the class's first-level entry now holding this translation, when it
             # has that level's first-probed size
-            if e >= off[flv] and e < off[flv] + sets[flv] * ways[flv] and \
-                    np.int64((key[e] >> U(40)) & U(63)) == fsh:
-                last[cls] = U(e + 1)
-                last[2 + cls] = key[e]
-                last[4 + cls] = a >> U(fsh)
+            if conflict_check == 0 and e >= off[flv] and e < off[flv] + sets[flv] * ways[flv] \
+                    and np.int64((key[e] >> U(40)) & U(63)) == fsh:
+                le = e
+                lk = key[e]
+                lvpn = a >> U(fsh)
             else:
-                last[cls] = U(0)
+                le = -1
+            if cls == 0:
+                last_e0 = le
+                last_k0 = lk
+                last_v0 = lvpn
+            else:
+                last_e1 = le
+                last_k1 = lk
+                last_v1 = lvpn
         if kind == READ:
             need = PERM_R
         elif kind == WRITE:

@@ -47,65 +47,157 @@ def set_index(vpn, nsets):
     return np.int64(vpn % U(nsets))
 
 
+# The layout: what the probe and the fill derive from a hierarchy's geometry, computed once
+# per hierarchy by tlb_layout() (an int64 array; it never changes).
+MAX_TLB_LEVELS = 8
+MAX_SHIFT = 64
+L_PROBE = 0  # [lv * 3 + j]: the shifts level lv probes, smallest first
+L_NPROBE = L_PROBE + 3 * MAX_TLB_LEVELS  # [lv]: how many
+L_SETMASK = L_NPROBE + MAX_TLB_LEVELS  # [lv]: sets - 1, or -1 when sets is not a power of 2
+L_FILL_AT = L_SETMASK + MAX_TLB_LEVELS  # [lv * MAX_SHIFT + shift]: the shift an entry of
+#                                         2**shift bytes is stored at in level lv (-1: not)
+L_FIRST_LV = L_FILL_AT + MAX_SHIFT * MAX_TLB_LEVELS  # [cls]: the first level serving the
+#                                                      class (0 data, 1 instruction)
+L_FIRST_SHIFT = L_FIRST_LV + 2  # [cls]: that level's first-probed shift
+N_LAYOUT = L_FIRST_SHIFT + 2
+
+
+@jit
+def tlb_layout(sets, sizes, serves, page_shift):
+    """The layout of a hierarchy (``L_*`` slots): per level the shifts a lookup probes and
+    its set mask, per level and leaf size the size an entry is stored at (splintering), per
+    access class the first level serving it."""
+    nlev = sets.shape[0]
+    lay = np.full(N_LAYOUT, -1, np.int64)
+    for lv in range(nlev):
+        n = 0
+        if (sets[lv] & (sets[lv] - 1)) == 0:
+            lay[L_SETMASK + lv] = sets[lv] - 1
+        for leaf in range(3, 0, -1):
+            if (sizes[lv] >> leaf) & 1:
+                lay[L_PROBE + lv * 3 + n] = (page_shift - 3) * (4 - leaf) + 3
+                n += 1
+        lay[L_NPROBE + lv] = n
+        for leaf in range(1, 4):
+            ls = (page_shift - 3) * (4 - leaf) + 3
+            for held in range(1, 4):
+                hs = (page_shift - 3) * (4 - held) + 3
+                if (sizes[lv] >> held) & 1 and hs <= ls:
+                    lay[L_FILL_AT + lv * MAX_SHIFT + ls] = hs
+                    break
+    for c in range(2):
+        for lv in range(nlev):
+            if (serves[lv] >> c) & 1:
+                lay[L_FIRST_LV + c] = lv
+                break
+        if lay[L_FIRST_LV + c] >= 0:
+            lay[L_FIRST_SHIFT + c] = lay[L_PROBE + lay[L_FIRST_LV + c] * 3]
+    return lay
+
+
+@jit(inline="always")
+def tlb_set(vpn, lv, off, sets, ways, lay):
+    """The first entry of the set of level ``lv`` that holds page number ``vpn``."""
+    smask = lay[L_SETMASK + lv]
+    if smask >= 0:
+        return off[lv] + np.int64(vpn & U(smask)) * ways[lv]
+    return off[lv] + np.int64(vpn % U(sets[lv])) * ways[lv]
+
+
+@jit(inline="always")
+def tlb_probe(lv, ipa, vtag, key, stamp, off, sets, ways, lay, now, conflict_check):
+    """Probe TLB level ``lv`` for ``ipa`` (``vtag``: the VMID's key bits, ``vmid << 46``):
+    every size the level holds, smallest first. A hit is stamped ``now``.
+
+    Returns (entry index or -1, conflict): with ``conflict_check`` non-zero, conflict is
+    True when an entry of another (larger) size also matches: FEAT_BBM level 2 without nT
+    makes that a TLB conflict abort (ARM ARM D8.16.2).
+
+    This is the lookup run_batch() runs (inlined there: numba IR, no call) and tlb_lookup()
+    exposes. Entries are indexed with unsigned integers (``U(...)``): numba adds
+    negative-index wrap-around code to every signed index, which costs instructions in the
+    hottest loops."""
+    nways = ways[lv]
+    nprobe = lay[L_NPROBE + lv]
+    for j in range(nprobe):
+        shift = lay[L_PROBE + lv * 3 + j]
+        vpn = ipa >> U(shift)
+        k = vtag | (U(shift) << U(40)) | vpn
+        base = tlb_set(vpn, lv, off, sets, ways, lay)
+        for w in range(nways):
+            if key[U(base + w)] == k:
+                e = base + w
+                stamp[U(e)] = now
+                conflict = False
+                if conflict_check != 0:
+                    for j2 in range(j + 1, nprobe):
+                        shift2 = lay[L_PROBE + lv * 3 + j2]
+                        vpn2 = ipa >> U(shift2)
+                        k2 = vtag | (U(shift2) << U(40)) | vpn2
+                        b2 = tlb_set(vpn2, lv, off, sets, ways, lay)
+                        for w2 in range(nways):
+                            if key[U(b2 + w2)] == k2:
+                                conflict = True
+                return e, conflict
+    return -1, False
+
+
+@jit(inline="always")
+def tlb_insert(lv, ipa, vtag, shift, pa, perm, key, stamp, tpa, tperm, off, sets, ways, lay,
+               now):
+    """Insert the translation of ``ipa`` (a leaf of ``2**shift`` bytes at output ``pa``)
+    into level ``lv``, splintered to the largest size the level holds that fits. Victim: the
+    first empty way, else the least recently used. Returns the entry or -1 (the level holds
+    no size that small).
+
+    This is the fill run_batch() runs (inlined there) and tlb_fill() exposes."""
+    fill_shift = lay[L_FILL_AT + lv * MAX_SHIFT + shift]
+    if fill_shift < 0:
+        return -1
+    fpa = pa
+    if fill_shift < shift:
+        fpa += (ipa & ((U(1) << U(shift)) - U(1))) & ~((U(1) << U(fill_shift)) - U(1))
+    vpn = ipa >> U(fill_shift)
+    base = tlb_set(vpn, lv, off, sets, ways, lay)
+    victim = base
+    oldest = stamp[U(base)]
+    for w in range(ways[lv]):
+        e = base + w
+        if key[U(e)] == INVALID:
+            victim = e
+            break
+        if stamp[U(e)] < oldest:
+            victim = e
+            oldest = stamp[U(e)]
+    key[U(victim)] = vtag | (U(fill_shift) << U(40)) | vpn
+    stamp[U(victim)] = now
+    tpa[U(victim)] = fpa
+    tperm[U(victim)] = perm
+    return victim
+
+
 @jit
 def tlb_lookup(level, ipa, vmid, key, stamp, off, sets, ways, sizes, page_shift, now):
-    """Probe TLB level ``level`` for ``ipa``. Returns the entry index or -1.
+    """Probe TLB level ``level`` for ``ipa``: :func:`tlb_probe` on the hierarchy's layout.
+    Returns the entry index or -1.
 
     key, stamp: entry arrays; off, sets, ways, sizes: per-level geometry (see module doc);
     page_shift: the granule; now: LRU clock value stamped on a hit.
     """
-    ipa = U(ipa)
-    nways = ways[level]
-    for leaf in range(3, 0, -1):
-        if (sizes[level] >> leaf) & 1 == 0:
-            continue
-        shift = (page_shift - 3) * (4 - leaf) + 3
-        vpn = ipa >> U(shift)
-        k = (U(vmid) << U(46)) | (U(shift) << U(40)) | vpn
-        base = off[level] + set_index(vpn, sets[level]) * nways
-        for w in range(nways):
-            if key[base + w] == k:
-                stamp[base + w] = now
-                return base + w
-    return -1
+    lay = tlb_layout(sets, sizes, np.full(sets.shape[0], 3, np.int64), page_shift)
+    e, _ = tlb_probe(level, U(ipa), U(vmid) << U(46), key, stamp, off, sets, ways, lay, now, 0)
+    return e
 
 
 @jit
 def tlb_fill(level, ipa, vmid, shift, pa, perm, key, stamp, tpa, tperm, off, sets, ways, sizes,
              page_shift, now):
     """Insert the translation of ``ipa`` (a leaf of ``2**shift`` bytes at output ``pa``) into
-    TLB level ``level``, splintered to the largest size the level holds that fits.
-    Victim: the first empty way, else the least recently used. Returns the entry or -1."""
-    fill_shift = -1
-    for leaf in range(1, 4):
-        if (sizes[level] >> leaf) & 1 == 0:
-            continue
-        s = (page_shift - 3) * (4 - leaf) + 3
-        if s <= shift:
-            fill_shift = s
-            break
-    if fill_shift < 0:
-        return -1
-    ipa = U(ipa)
-    fpa = U(pa)
-    if fill_shift < shift:
-        fpa = fpa + ((ipa & ((U(1) << U(shift)) - U(1))) & ~((U(1) << U(fill_shift)) - U(1)))
-    vpn = ipa >> U(fill_shift)
-    nways = ways[level]
-    base = off[level] + set_index(vpn, sets[level]) * nways
-    victim = base
-    for w in range(nways):
-        e = base + w
-        if key[e] == INVALID:
-            victim = e
-            break
-        if stamp[e] < stamp[victim]:
-            victim = e
-    key[victim] = (U(vmid) << U(46)) | (U(fill_shift) << U(40)) | vpn
-    stamp[victim] = now
-    tpa[victim] = fpa
-    tperm[victim] = perm
-    return victim
+    TLB level ``level``: :func:`tlb_insert` on the hierarchy's layout. Returns the entry or
+    -1."""
+    lay = tlb_layout(sets, sizes, np.full(sets.shape[0], 3, np.int64), page_shift)
+    return tlb_insert(level, U(ipa), U(vmid) << U(46), shift, U(pa), perm, key, stamp, tpa,
+                      tperm, off, sets, ways, lay, now)
 
 
 @jit
