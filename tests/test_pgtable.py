@@ -3,8 +3,8 @@
 Property tests drive random sequences of map / set_owner / unmap / split / get_leaf through the
 numba Stage2 and naive.RefStage2 (written from Linux 6.12 pgtable.c) and compare, after every
 step, every table row bit for bit, refcounts, the free stack, the operation reports and the
-TLBIs issued (``stage2_pair`` in conftest.py); hand-checkable tests pin the kernel's behaviour
-with exact numbers.
+TLBIs issued (``stage2_pair`` in conftest.py), and the walker's visits and stores (this
+module's ``stage2_pair``); hand-checkable tests pin the kernel's behaviour with exact numbers.
 """
 
 from __future__ import annotations
@@ -33,6 +33,30 @@ PROTS = [D.PROT_RWX, D.PROT_RW, D.PROT_R, D.PROT_R | D.PROT_X, D.PROT_DEVICE | D
 # mkyoung, mkold; and a software bit, nT
 ATTR_CHANGES = [(0, int(D.S2AP_W)), (int(D.S2AP_R | D.S2AP_W), 0), (0, int(D.XN)),
                 (int(D.AF), 0), (0, int(D.AF)), (int(D.SW0_SHARED_OWNED), 0), (int(D.NT), 0)]
+
+
+# ==========================================================================================
+# The pair compares the walker's visits and stores too: they price every fault and teardown
+
+
+@pytest.fixture(scope="session")
+def stage2_pair(stage2_pair):
+    """conftest's pair, also holding ``visits`` and ``stores`` of every operation's report
+    to the reference's (naive.RefReport says what counts as each)."""
+
+    class CostedPair(stage2_pair):
+        def _compare_reports(self, got: P.OpReport, want: N.RefReport) -> None:
+            super()._compare_reports(got, want)
+            g = {"visits": got.visits, "stores": got.stores}
+            w = {"visits": want.visits, "stores": want.stores}
+            assert g == w, self._where(f"walker work differs (simulator != kernel): {g} != {w}")
+
+        def wrprotect(self, ipa, size):
+            self.history.append(f"{self.sim.vmid}: wrprotect({ipa:#x}, {size:#x})")
+            return self._compare(self.sim.wrprotect(ipa, size),
+                                 self.ref.update_attrs(ipa, size, clear_bits=N.S2AP_W))
+
+    return CostedPair
 
 
 # ==========================================================================================
@@ -401,6 +425,10 @@ def test_split_of_a_1g_block_builds_513_pages_of_pages():
     s2.map(GiB, GiB, 2 * GiB, D.PROT_RW)
     rep = s2.split(GiB + 5 * PAGE, PAGE)
     assert (rep.ret, rep.tables_allocated, rep.tables_freed) == (0, 513, 0)
+    # the block's entry; create_unlinked()'s map walk: 512 level-2 entries and 512 * 512
+    # level-3 entries, each a break-before-make (2 stores); the block's own break-before-make;
+    # then the walk descends into the new table to the page asked for (2 entries)
+    assert (rep.visits, rep.stores) == (1 + 512 + 512 * 512 + 2, 2 * (512 + 512 * 512) + 2)
     assert N.expand_merged_tlbis(rep.tlbis) == [("ipa", GiB, GiB, 1)]
     assert rep.cmo_bytes == 0  # create_unlinked skips cache maintenance
     assert mem.pages_in_use == 2 + 513
@@ -410,36 +438,35 @@ def test_split_of_a_1g_block_builds_513_pages_of_pages():
     assert not s2.check_invariants()
 
 
-def test_reference_walker_visits_and_stores_are_the_kernels():
-    # naive.RefReport: visits = entries the walk loop reaches, callbacks or not (a table
-    # entry's TABLE_PRE, re-read and TABLE_POST are one visit), in every walk an operation
-    # makes; stores = descriptor writes, two per break-before-make
-    ref = N.RefStage2(N.RefMemory(12, 0x4000_0000), 40)
-    rep = ref.map(0, PAGE, 0x8000_0000, RWX)
+def test_walker_visits_and_stores_are_the_kernels(stage2_pair):
+    # visits: entries the walk loop reaches (callbacks or not, TABLE_POST no extra visit);
+    # stores: descriptor writes, two per break-before-make
+    pair = stage2_pair(12, 40)
+    rep = pair.map(0, PAGE, 0x8000_0000)
     # levels 1 and 2 get a table each, level 3 the page: 3 entries, 3 break-before-makes
     assert (rep.visits, rep.stores) == (3, 6)
-    rep = ref.unmap(0, PAGE)
+    rep = pair.unmap(0, PAGE)
     # the page cleared, then each emptied table entry at TABLE_POST; put_page() of the
     # freed tables walks nothing
     assert (rep.visits, rep.stores, rep.tables_freed) == (3, 3, 2)
 
-    ref.map(2 * MiB, 2 * PAGE, 0x9000_0000, RWX)
-    rep = ref.map(2 * MiB, 2 * MiB, 0x8000_0000, RW)
+    pair.map(2 * MiB, 2 * PAGE, 0x9000_0000)
+    rep = pair.map(2 * MiB, 2 * MiB, 0x8000_0000)
     # TABLE_PRE at level 2 replaces the table by the block (2 stores) and free_unlinked()
     # walks the whole detached level-3 table (512 visits, no store)
     assert (rep.visits, rep.stores, rep.tables_freed) == (1 + 1 + 512, 2, 1)
 
-    rep = ref.split(2 * MiB + PAGE, PAGE)
+    rep = pair.split(2 * MiB + PAGE, PAGE)
     # the level-1 table entry, the block, create_unlinked()'s 512 pages (2 stores each), the
     # block's break-before-make, then the page asked for in the new table
     assert (rep.visits, rep.stores) == (1 + 1 + 512 + 1, 2 * 512 + 2)
 
-    rep = ref.update_attrs(2 * MiB, 4 * PAGE, clear_bits=N.S2AP_W)  # wrprotect
+    rep = pair.wrprotect(2 * MiB, 4 * PAGE)
     assert (rep.visits, rep.stores) == (2 + 4, 4)
-    rep = ref.update_attrs(2 * MiB, 4 * PAGE, clear_bits=N.S2AP_W)  # nothing to change
+    rep = pair.wrprotect(2 * MiB, 4 * PAGE)  # nothing left to change: no store
     assert (rep.visits, rep.stores) == (2 + 4, 0)
 
-    rep = ref.destroy()
+    rep = pair.destroy()
     # every entry of every table: the two pgd pages, the level-2 and the level-3 table
     assert (rep.visits, rep.stores) == (4 * 512, 0)
 

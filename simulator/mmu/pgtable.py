@@ -394,7 +394,11 @@ def _create_unlinked(phys, level, attr, force_pte, tables, refcnt, free, meta, b
                      page_shift, rule, stat, rep):
     """kvm_pgtable_stage2_create_unlinked() for a block at ``level``: a detached table of
     the next level mapping the same output range (pages only with ``force_pte``).
-    Returns the table page's row, or -1 without memory."""
+    Returns the table page's row, or -1 without memory.
+
+    The kernel builds it with the map walker (LEAF, SKIP_BBM_TLBI, SKIP_CMO) over the new
+    page: every entry is a visit and a break-before-make (the locked pattern, then the leaf
+    or table: two stores); a table entry's page is then walked the same way."""
     entries = 1 << (page_shift - 3)
     top = pt_alloc(tables, refcnt, free, meta)
     if top < 0:
@@ -404,6 +408,7 @@ def _create_unlinked(phys, level, attr, force_pte, tables, refcnt, free, meta, b
     sub_shift = _gshift(sub, page_shift)
     min_block = 1 if page_shift == 12 else 2
     for i in range(entries):
+        rep[R_VISITS] += 1
         sub_phys = U(phys) + (U(i) << U(sub_shift))
         if sub == 3 or (not force_pte and sub >= min_block):
             pte = make_leaf(sub_phys, attr, sub, page_shift)
@@ -414,6 +419,8 @@ def _create_unlinked(phys, level, attr, force_pte, tables, refcnt, free, meta, b
                              stat, rep)
                 return -1
             rep[R_TABLES_ALLOCATED] += 1
+            rep[R_VISITS] += entries
+            rep[R_STORES] += 2 * entries
             for j in range(entries):
                 leaf = make_leaf(sub_phys + (U(j) << U(page_shift)), attr, 3, page_shift)
                 tables[child, j] = leaf
@@ -422,6 +429,7 @@ def _create_unlinked(phys, level, attr, force_pte, tables, refcnt, free, meta, b
                     refcnt[child] += 1
             pte = make_table(_row_pa(child, base_pa, page_shift), page_shift)
         tables[top, i] = pte
+        rep[R_STORES] += 2
         if _is_leaf(pte, sub):
             stat[S_LEAVES + sub] += 1
         if is_counted(pte, sub, rule):
@@ -684,14 +692,18 @@ def _zap_table(row, idx, level, ctx_addr, old, child, ttl, tables, refcnt, free,
                page_shift, rule, stat, rep, tlog):
     """Clear the table entry at (row, idx), invalidate its IPA (level hint ``ttl``), drop
     its count and free the child page with whatever default leaves it still holds
-    (stage2_unmap_put_pte() / stage2_put_pte() followed by put_page(childp))."""
+    (stage2_unmap_put_pte() / stage2_put_pte() followed by put_page(childp)).
+    put_page() is no walk: free_subtree()'s visits of the child (made here only to keep the
+    live-leaf statistics) are not the kernel's and are not reported."""
     _store(tables, row, idx, U(0), level, stat, rep)
     _tlbi(tlog, rep, TLBI_IPA, np.int64(ctx_addr & ~U((1 << page_shift) - 1)),
           np.int64(1) << page_shift, ttl)
     if is_counted(old, level, rule):
         pt_put(row, refcnt, free, meta, rep)
+    visits = rep[R_VISITS]
     free_subtree(child, level + 1, tables, refcnt, free, meta, base_pa, page_shift, rule, stat,
                  rep)
+    rep[R_VISITS] = visits
 
 
 @jit
