@@ -161,11 +161,11 @@ U = np.uint64
 
 
 # ---- the main loop -------------------------------------------------------------------------
-@jit
+@jit(_nrt=False)
 def advance(horizon, pr, fp, vmt, slots, chunks, block_levels, rbprog, g, st, ec, tc, ht, hs,
             hc, lk, lq, cs, cq, win, sig, addrs2, kinds2, mtables, mrefcnt, mfree, mmeta, stats,
             rep, tlog, stk, dirty, key2, stamp2, tpa2, tperm2, off, sets, ways, lat, sizes,
-            serves, lay, wc_tag3, wc_row3, wc_stamp3, clock2, costs, ctr2, fault2, owner):
+            serves, lay, wc_tag3, wc_row3, wc_stamp3, clock2, costs, ctr2, fault2, owner, loc):
     """Run the contexts' events in order until one of the RET_* conditions.
 
     pr/fp: machine parameters; vmt: the stage-2s; slots (base, size) and chunks (donated
@@ -177,9 +177,12 @@ def advance(horizon, pr, fp, vmt, slots, chunks, block_levels, rbprog, g, st, ec
     rep/tlog/stk: walker scratch; dirty: the logging guest's dirty bitmap; key2 .. lay: the
     CPUs' TLBs (per CPU rows, shared geometry); wc_*3: walk caches; clock2: LRU clocks;
     costs: run_batch's cost slots; ctr2/fault2: each context's MMU counters and fault
-    record; owner: the ownership record (pkvm; empty in kvm)."""
+    record; owner: the ownership record (pkvm; empty in kvm); loc: scratch (3 int64).
+
+    Compiled without numba's reference counting (``_nrt=False``), like run_batch: the loop
+    allocates nothing, and the views it takes of its arguments live no longer than the
+    call."""
     ps = pr[P_PAGE_SHIFT]
-    loc = np.zeros(3, np.int64)
     while True:
         if pr[P_GROW] != 0:
             meta0 = mmeta[0]

@@ -195,6 +195,7 @@ class Machine:
         self.rep = np.zeros(P.REPORT_SIZE, dtype=np.int64)
         self.tlog = np.zeros((P.TLOG_CAPACITY, 5), dtype=np.int64)
         self.stk = np.zeros((4, 5), dtype=np.uint64)
+        self.loc = np.zeros(3, dtype=np.int64)
         self._frozen = False
         self._agent_events: dict[int, simpy.Event] = {}
         self._next_agent = 0
@@ -509,7 +510,7 @@ class Machine:
                        self.rep, self.tlog, self.stk, self.dirty, self.tlb_key, self.tlb_stamp,
                        self.tlb_pa, self.tlb_perm, off, sets, ways, lat, sizes, serves,
                        self.layout, self.wc_tag, self.wc_row, self.wc_stamp, self.clock,
-                       self.costs, self.ctr2, self.fault2, self.owner)
+                       self.costs, self.ctr2, self.fault2, self.owner, self.loc)
 
     def _serve(self, call: int, c: int) -> None:
         """Serve a call-out for context ``c``; the context then resumes at once."""
