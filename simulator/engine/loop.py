@@ -161,7 +161,7 @@ U = np.uint64
 
 
 # ---- the main loop -------------------------------------------------------------------------
-@jit(_nrt=False)
+@jit
 def advance(horizon, pr, fp, vmt, slots, chunks, block_levels, rbprog, g, st, ec, tc, ht, hs,
             hc, lk, lq, cs, cq, win, sig, addrs2, kinds2, mtables, mrefcnt, mfree, mmeta, stats,
             rep, tlog, stk, dirty, key2, stamp2, tpa2, tperm2, off, sets, ways, lat, sizes,
@@ -177,11 +177,7 @@ def advance(horizon, pr, fp, vmt, slots, chunks, block_levels, rbprog, g, st, ec
     rep/tlog/stk: walker scratch; dirty: the logging guest's dirty bitmap; key2 .. lay: the
     CPUs' TLBs (per CPU rows, shared geometry); wc_*3: walk caches; clock2: LRU clocks;
     costs: run_batch's cost slots; ctr2/fault2: each context's MMU counters and fault
-    record; owner: the ownership record (pkvm; empty in kvm); loc: scratch (3 int64).
-
-    Compiled without numba's reference counting (``_nrt=False``), like run_batch: the loop
-    allocates nothing, and the views it takes of its arguments live no longer than the
-    call."""
+    record; owner: the ownership record (pkvm; empty in kvm); loc: scratch (3 int64)."""
     ps = pr[P_PAGE_SHIFT]
     while True:
         if pr[P_GROW] != 0:
