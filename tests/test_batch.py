@@ -25,9 +25,9 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import naive as N
+from conftest import tlb_contents, wc_contents
 from simulator.arch import descriptors as D
 from simulator.arch.geometry import Geometry
-from conftest import tlb_contents, wc_contents
 from simulator.mmu import batch as B
 from simulator.mmu.batch import FETCH, READ, WRITE, VcpuMMU
 from simulator.mmu.pgtable import PageTableMemory, Stage2
@@ -132,13 +132,14 @@ def test_random_streams_match_the_reference_runner(vcpu_pair, setup, data):
             apply_tlbis(pair, s2.unmap(lo, data.draw(st.sampled_from([page, 64 * page]))))
 
 
+FAULT_STATUS = {W_TRANSLATION: "translation", W_ACCESS_FLAG: "access_flag",
+                W_PERMISSION: "permission", W_CONFLICT: "conflict"}
+
+
 class SplitPair:
     """A VcpuMMU and a naive.RefVcpu over the same stage-2 with any split of the TLB levels
     between data and instruction accesses, the conflict check and an ownership record;
     every run is compared: results, counters, fault records, TLB and walk-cache contents."""
-
-    STATUS = {W_TRANSLATION: "translation", W_ACCESS_FLAG: "access_flag",
-              W_PERMISSION: "permission", W_CONFLICT: "conflict"}
 
     def __init__(self, s2, specs, wc_entries, costs, owner, owner_base, me, vmid=1):
         ps = s2.geom.page_shift
@@ -164,7 +165,7 @@ class SplitPair:
         assert self.sim.counters() == self.ref.counters()
         if got[2] == "fault":
             f = self.sim.fault
-            assert {"status": self.STATUS[int(f[B.F_STATUS])], "level": int(f[B.F_LEVEL]),
+            assert {"status": FAULT_STATUS[int(f[B.F_STATUS])], "level": int(f[B.F_LEVEL]),
                     "ipa": int(f[B.F_IPA]) & N.MASK64, "kind": int(f[B.F_KIND]),
                     "pte": int(f[B.F_PTE]) & N.MASK64, "index": int(f[B.F_INDEX])} == self.ref.fault
         assert tlb_contents(self.sim.tlb) == self.ref.tlb.contents()
@@ -221,7 +222,7 @@ def test_split_tlbs_conflicts_and_ownership_match_the_reference_runner(setup, da
         if i >= n:
             break
         budget = data.draw(st.sampled_from([0, 1, 50, 500, 1 << 40]))
-        nxt, cycles, status = pair.run(addrs, kinds, i, n, budget)
+        nxt, _, status = pair.run(addrs, kinds, i, n, budget)
         if status == "fault":
             f = pair.ref.fault
             assert f["index"] == nxt

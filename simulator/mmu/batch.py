@@ -21,10 +21,11 @@ run_batch is compiled without numba's reference counting (``_nrt=False``): inlin
 functions bind their array arguments to new variables, and numba counts references to each
 such binding (an atomic increment and decrement per array, per call, per access) wherever its
 pruning pass gives up, which in a function of this size is everywhere. Without NRT nothing
-is counted; the price is that run_batch may not allocate (it does not). Arrays are indexed
-with unsigned integers in the hot loops (no negative-index wrap-around code), and a walk
-prefetches the last-level descriptor of the access PREFETCH_AHEAD places ahead (host
-performance only: nothing simulated changes).
+is counted; the price is that run_batch may not allocate (it does not), nor may anything it
+calls without inlining (numba compiles such callees with the caller's setting unless they
+set their own). Arrays are indexed with unsigned integers in the hot loops (no
+negative-index wrap-around code), and a walk prefetches the last-level descriptor of the
+access PREFETCH_AHEAD places ahead (host performance only: nothing simulated changes).
 """
 
 from __future__ import annotations
