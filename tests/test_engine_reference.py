@@ -129,6 +129,12 @@ CASES = {
                               "drop_by": "address"},
                              guest__memory="64MiB", hyp__rmap="pte_list"), "rmap.touches"),
     "pkvm_coalesce": (pkvm(), "coalesce.tables_zapped"),
+    "pkvm_tiny": (pkvm(host__workload={"type": "uniform", "accesses": 300,
+                                       "footprint": "2GiB"},
+                       guests=[{"name": "a", "memory": "8MiB", "vcpus": 2, "mapping": "4K",
+                                "workload": {"type": "uniform", "accesses": 300},
+                                "balloon": [{"at": "100us", "size": "4MiB"}]}]),
+                  "host.aborts"),
     "pkvm_exclusive_no_coalesce": (pkvm(hyp__coalesce=False, engine__mmu_lock="exclusive"),
                                    "host.aborts"),
     "pkvm_shared_memory": (pkvm(guests__0__shared="32MiB"), "share.pages"),
@@ -164,3 +170,13 @@ def test_engine_raises_the_same_error():
         run_config(validate(cfg, "test"))
     assert str(got.value) == str(ref.value)
     assert "outside guest memory" in str(got.value)
+
+
+@pytest.mark.nojit
+@pytest.mark.parametrize("name", ["max_cycles", "pkvm_tiny"])
+def test_engine_matches_the_reference_small(name):
+    """Run with NUMBA_DISABLE_JIT=1 too (make test-nojit): the engine as plain Python."""
+    cfg, witness = CASES[name]
+    a, b = both(cfg)
+    assert_same(a, b)
+    assert a["counters"].get(witness, 0) > 0, witness
