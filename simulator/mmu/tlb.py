@@ -35,11 +35,6 @@ PERM_LEVEL_SHIFT = 4
 
 
 @jit
-def tlb_key(vmid, shift, ipa):
-    return (U(vmid) << U(46)) | (U(shift) << U(40)) | (U(ipa) >> U(shift))
-
-
-@jit
 def set_index(vpn, nsets):
     """(ipa >> shift) mod sets; a mask when sets is a power of two (no division)."""
     if (nsets & (nsets - 1)) == 0:
