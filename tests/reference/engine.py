@@ -47,7 +47,9 @@ from simulator.mmu.batch import (
     WRITE,
     VcpuMMU,
 )
+from simulator.engine.machine import Counters, SimulationError
 from simulator.mmu.walk import W_CONFLICT, W_PERMISSION
+from simulator.vms import Placement
 from tests.reference.dirtylog import dirty_log_agent, page_table_test_driver
 from simulator.hyp.host import STATE_SHARED_BORROWED
 from tests.reference.rebuild import rebuild_block
@@ -58,20 +60,6 @@ PT_BASE_SHIFT = 46
 OWNER_HOST = 0
 OWNER_HYP = 1
 FIRST_GUEST_OWNER = 2
-
-
-class SimulationError(RuntimeError):
-    """The run cannot go on (an access outside guest memory, a kernel BUG, ...).
-
-    ``field`` names the configuration field the problem belongs to."""
-
-    def __init__(self, field: str, message: str):
-        self.field = field
-        self.message = message
-        super().__init__(field, message)  # SimPy re-raises as type(e)(*e.args)
-
-    def __str__(self) -> str:
-        return f"{self.field}: {self.message}"
 
 
 # Event order. At one simulated time every agent event (NORMAL priority) runs before every
@@ -209,61 +197,6 @@ class OpCosts:
         if not self.dic:
             c += int(r.icache_bytes / self.icache_bytes_per_cycle)
         return c
-
-
-class Counters:
-    """A flat dotted counter map."""
-
-    def __init__(self) -> None:
-        self.c: dict[str, int] = {}
-
-    def add(self, key: str, value: int = 1) -> None:
-        self.c[key] = self.c.get(key, 0) + int(value)
-
-    def __getitem__(self, key: str) -> int:
-        return self.c.get(key, 0)
-
-
-class Placement:
-    """Where the guest keeps the pages a workload touches (the guest OS's physical layout).
-
-    ``identity``: an address is its IPA. ``first_touch``: the address space is cut into
-    regions of ``unit`` bytes and each region gets the next free guest-physical region the
-    first time any vCPU touches it, as a guest kernel allocating on first touch would; the
-    offset inside a region is kept, so contiguity up to ``unit`` survives. Vectorized per
-    chunk; deterministic because the engine consumes chunks in a deterministic order."""
-
-    def __init__(self, mode: str, unit: int, slots: list[tuple[int, int]]):
-        self.mode = mode
-        self.unit = unit
-        self.shift = unit.bit_length() - 1
-        self.slots = slots
-        self.regions: dict[int, int] = {}
-        # guest-physical regions available, in IPA order
-        self.free = [base + off for base, size in slots for off in range(0, size - unit + 1, unit)]
-        self.capacity = len(self.free)
-
-    def __call__(self, addrs: np.ndarray) -> np.ndarray:
-        if self.mode == "identity":
-            return addrs
-        sh = np.uint64(self.shift)
-        reg = addrs >> sh
-        uniq, first, inv = np.unique(reg, return_index=True, return_inverse=True)
-        order = np.argsort(first, kind="stable")  # first-touch order inside the chunk
-        bases = np.empty(len(uniq), dtype=np.uint64)
-        for j in order:
-            r = int(uniq[j])
-            b = self.regions.get(r)
-            if b is None:
-                n = len(self.regions)
-                if n >= self.capacity:
-                    raise SimulationError(
-                        "guest.memory", f"the workload touches more than {self.capacity} "
-                        f"regions of {self.unit} bytes: more than the guest memory")
-                b = self.free[n]
-                self.regions[r] = b
-            bases[j] = b
-        return bases[inv] | (addrs & np.uint64(self.unit - 1))
 
 
 class Cpu:
