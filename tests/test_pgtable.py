@@ -371,6 +371,25 @@ def test_changing_only_software_bits_skips_break_before_make(stage2_pair):
     assert int(pair.mem.refcnt[3]) == 2  # a software bit makes it non-default
 
 
+def test_under_the_read_lock_a_software_bits_change_breaks_and_makes():
+    """6.12 stage2_map_walker_try_leaf(): the store-and-go shortcut is for exclusive walks
+    only (``!kvm_pgtable_walk_shared(ctx)``); a shared walk breaks the entry, invalidates
+    the IPA and makes the new leaf."""
+    from simulator.arch.geometry import Geometry
+    from simulator.mmu import PageTableMemory, Stage2
+
+    reports = {}
+    for shared in (False, True):
+        s2 = Stage2(PageTableMemory(12, 1 << 40), Geometry(12, 40), fwb=True)
+        s2.map(0, PAGE, 0x8000_0000, D.PROT_RW)
+        rep = s2.map(0, PAGE, 0x8000_0000, D.PROT_RW, sw=1, shared=shared)
+        assert rep.ret == 0
+        assert s2.get_leaf(0)[0] >> 55 == 1
+        reports[shared] = rep
+    assert (reports[False].tlbi_ipa, reports[False].stores) == (0, 1)
+    assert (reports[True].tlbi_ipa, reports[True].stores) == (1, 2)
+
+
 def test_host_rule_counts_only_non_default_entries(stage2_pair):
     pair = stage2_pair(12, 40, rule=N.HOST)
     pair.map(0, PAGE, 0, D.PROT_RWX)  # default memory

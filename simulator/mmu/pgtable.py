@@ -365,8 +365,9 @@ def _try_leaf(row, idx, level, ctx_addr, end, old, phys_at, attr, owner, tables,
     # stage2_pte_needs_update(): same mapping, or a permission change only
     if (old & VALID) != U(0) and (new & VALID) != U(0) and ((old ^ new) & ~S2_PERMS) == U(0):
         return -EAGAIN
-    if ((old ^ new) & ~SW_MASK) == U(0):
-        # only software bits change: store them and go
+    if (flags & F_SHARED) == 0 and ((old ^ new) & ~SW_MASK) == U(0):
+        # only software bits change: store them and go (6.12: not under the read lock, where
+        # another walker may hold the entry: the change breaks and makes it like any other)
         oc = is_counted(old, level, rule)
         nc = is_counted(new, level, rule)
         if oc and not nc:
