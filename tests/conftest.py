@@ -345,10 +345,10 @@ class VcpuPair:
 
         f = self.sim.fault
         status = {W_TRANSLATION: "translation", W_ACCESS_FLAG: "access_flag",
-                  W_PERMISSION: "permission"}[int(f[B.F_STATUS])]
-        return {"status": status, "level": int(f[B.F_LEVEL]), "ipa": int(f[B.F_IPA]) & N.MASK64,
-                "kind": int(f[B.F_KIND]), "pte": int(f[B.F_PTE]) & N.MASK64,
-                "index": int(f[B.F_INDEX])}
+                  W_PERMISSION: "permission"}[int(f[B.FR_STATUS])]
+        return {"status": status, "level": int(f[B.FR_LEVEL]), "ipa": int(f[B.FR_IPA]) & N.MASK64,
+                "kind": int(f[B.FR_KIND]), "pte": int(f[B.FR_PTE]) & N.MASK64,
+                "index": int(f[B.FR_INDEX])}
 
     def invalidate(self, vmid, lo=0, hi=0):
         a = self.sim.tlb.invalidate(vmid, lo, hi)

@@ -165,9 +165,9 @@ class SplitPair:
         assert self.sim.counters() == self.ref.counters()
         if got[2] == "fault":
             f = self.sim.fault
-            assert {"status": FAULT_STATUS[int(f[B.F_STATUS])], "level": int(f[B.F_LEVEL]),
-                    "ipa": int(f[B.F_IPA]) & N.MASK64, "kind": int(f[B.F_KIND]),
-                    "pte": int(f[B.F_PTE]) & N.MASK64, "index": int(f[B.F_INDEX])} == self.ref.fault
+            assert {"status": FAULT_STATUS[int(f[B.FR_STATUS])], "level": int(f[B.FR_LEVEL]),
+                    "ipa": int(f[B.FR_IPA]) & N.MASK64, "kind": int(f[B.FR_KIND]),
+                    "pte": int(f[B.FR_PTE]) & N.MASK64, "index": int(f[B.FR_INDEX])} == self.ref.fault
         assert tlb_contents(self.sim.tlb) == self.ref.tlb.contents()
         assert wc_contents(self.sim.wc, self.ps) == self.ref.wc.contents()
         return got

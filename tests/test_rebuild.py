@@ -13,7 +13,7 @@ from simulator.config import Experiment
 from simulator.experiment import run_config
 from simulator.kvm import KvmExperiment
 from simulator.mmu import pgtable as P
-from simulator.mmu.batch import B_FAULT, F_STATUS, READ, VcpuMMU
+from simulator.mmu.batch import B_FAULT, FR_STATUS, READ, VcpuMMU
 from simulator.mmu.pgtable import PageTableMemory, Stage2
 from simulator.mmu.tlb import TLBHierarchy, TLBLevelSpec
 from simulator.mmu.walk import W_CONFLICT, WalkCache
@@ -91,7 +91,7 @@ def test_bbm_level2_conflict_exactly_when_the_tlb_holds_overlapping_sizes(held_p
     replace_pages_by_block(s2)  # TTRem level 2: no invalidation before the TLBI
     assert run(mmu, s2, 0x10000)[2] == 0  # a miss: the walk finds the block, a 2M entry
     i, _, status = run(mmu, s2, 0x3008)
-    assert (status == B_FAULT and mmu.fault[F_STATUS] == W_CONFLICT) == conflict
+    assert (status == B_FAULT and mmu.fault[FR_STATUS] == W_CONFLICT) == conflict
     if not conflict:
         assert i == 1
 

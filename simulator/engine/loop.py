@@ -150,7 +150,7 @@ from simulator.engine.sched import (
     push,
     signal,
 )
-from simulator.mmu.batch import B_FAULT, F_IPA, F_KIND, F_STATUS, run_batch
+from simulator.mmu.batch import B_FAULT, FR_IPA, FR_KIND, FR_STATUS, run_batch
 from simulator.mmu.pgtable import (
     M_HWM,
     M_NFREE,
@@ -264,7 +264,7 @@ def advance(horizon, pr, fp, vmt, slots, chunks, block_levels, rbprog, g, st, ec
                         _yield_cpu(c, now, pr, st, cs, cq, ht, hs, hc, g)
                     continue
                 f = fault2[c]
-                ipa = f[F_IPA]
+                ipa = f[FR_IPA]
                 # a fault the handler cannot resolve would replay forever
                 i = st[c, S_POS]
                 if i == st[c, S_LAST_IDX] and ipa == st[c, S_LAST_IPA] and i == st[c, S_BEFORE]:
@@ -279,8 +279,8 @@ def advance(horizon, pr, fp, vmt, slots, chunks, block_levels, rbprog, g, st, ec
                     st[c, S_LAST_IPA] = ipa
                     st[c, S_REPEATS] = 0
                 st[c, S_IPA] = ipa
-                st[c, S_KIND] = f[F_KIND]
-                st[c, S_FSTATUS] = f[F_STATUS]
+                st[c, S_KIND] = f[FR_KIND]
+                st[c, S_FSTATUS] = f[FR_STATUS]
                 st[c, S_T0] = now
                 if vmt[v, V_KIND] == VM_HOST:
                     # handle_host_mem_abort(): entry, then the host lock
@@ -299,7 +299,7 @@ def advance(horizon, pr, fp, vmt, slots, chunks, block_levels, rbprog, g, st, ec
                     g[G_ERR_CTX] = c
                     g[G_ERR_IPA] = ipa
                     return RET_ERROR
-                if f[F_STATUS] == W_CONFLICT:
+                if f[FR_STATUS] == W_CONFLICT:
                     # a TLB conflict abort: this CPU's TLB is flushed for the VMID; the access
                     # is replayed (no lock, no page-table work)
                     ec[c, E_CONFLICT] += 1

@@ -86,12 +86,12 @@ K_CONFLICT = 3  # 1: a lookup that matches entries of two sizes takes a TLB conf
 N_COSTS = 4
 
 # fault record slots
-F_STATUS = 0  # W_TRANSLATION, W_ACCESS_FLAG or W_PERMISSION
-F_LEVEL = 1
-F_IPA = 2
-F_KIND = 3
-F_PTE = 4
-F_INDEX = 5
+FR_STATUS = 0  # W_TRANSLATION, W_ACCESS_FLAG or W_PERMISSION
+FR_LEVEL = 1
+FR_IPA = 2
+FR_KIND = 3
+FR_PTE = 4
+FR_INDEX = 5
 N_FAULT = 8
 
 # A walk also prefetches the last-level descriptor of the access this far ahead (host
@@ -197,12 +197,12 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
                     break
                 ctr[C_TLB + 2 * lv + 1] += 1
             if conflict:
-                fault[F_STATUS] = W_CONFLICT
-                fault[F_LEVEL] = 0
-                fault[F_IPA] = np.int64(a)
-                fault[F_KIND] = kind
-                fault[F_PTE] = 0
-                fault[F_INDEX] = i
+                fault[FR_STATUS] = W_CONFLICT
+                fault[FR_LEVEL] = 0
+                fault[FR_IPA] = np.int64(a)
+                fault[FR_KIND] = kind
+                fault[FR_PTE] = 0
+                fault[FR_INDEX] = i
                 cycles += cyc
                 status = B_FAULT
                 break
@@ -230,12 +230,12 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
                         ctr[C_ACCESS_FLAG_FAULTS] += 1
                     else:
                         ctr[C_TRANSLATION_FAULTS] += 1
-                    fault[F_STATUS] = wst
-                    fault[F_LEVEL] = level
-                    fault[F_IPA] = np.int64(a)
-                    fault[F_KIND] = kind
-                    fault[F_PTE] = np.int64(pte)
-                    fault[F_INDEX] = i
+                    fault[FR_STATUS] = wst
+                    fault[FR_LEVEL] = level
+                    fault[FR_IPA] = np.int64(a)
+                    fault[FR_KIND] = kind
+                    fault[FR_PTE] = np.int64(pte)
+                    fault[FR_INDEX] = i
                     cycles += cyc
                     status = B_FAULT
                     break
@@ -286,12 +286,12 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
             need = PERM_X
         if (perm & need) != need:
             ctr[C_PERMISSION_FAULTS] += 1
-            fault[F_STATUS] = W_PERMISSION
-            fault[F_LEVEL] = perm >> PERM_LEVEL_SHIFT
-            fault[F_IPA] = np.int64(a)
-            fault[F_KIND] = kind
-            fault[F_PTE] = 0
-            fault[F_INDEX] = i
+            fault[FR_STATUS] = W_PERMISSION
+            fault[FR_LEVEL] = perm >> PERM_LEVEL_SHIFT
+            fault[FR_IPA] = np.int64(a)
+            fault[FR_KIND] = kind
+            fault[FR_PTE] = 0
+            fault[FR_INDEX] = i
             cycles += cyc
             status = B_FAULT
             break

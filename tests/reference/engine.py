@@ -39,9 +39,9 @@ from simulator.mmu import PageTableMemory, Stage2, TLBHierarchy, TLBLevelSpec, W
 from simulator.mmu import pgtable as P
 from simulator.mmu.batch import (
     B_FAULT,
-    F_IPA,
-    F_KIND,
-    F_STATUS,
+    FR_IPA,
+    FR_KIND,
+    FR_STATUS,
     FETCH,
     K_CONFLICT,
     WRITE,
@@ -636,9 +636,9 @@ class Machine:
                         yield cpu_event(env, used)
                     if status == B_FAULT:
                         f = ctx.mmu.fault
-                        ipa = int(f[F_IPA]) & D.MASK64
+                        ipa = int(f[FR_IPA]) & D.MASK64
                         self._check_progress(ctx, i, ipa, before)
-                        yield from vm.handle_fault(ctx, int(f[F_STATUS]), ipa, int(f[F_KIND]))
+                        yield from vm.handle_fault(ctx, int(f[FR_STATUS]), ipa, int(f[FR_KIND]))
                         if ctx.skip:
                             ctx.skip = False
                             i += 1
