@@ -72,7 +72,9 @@ def run_experiment(exp: Experiment, config_path: Path, quiet: bool = False) -> d
         cb, stop = _progress_runner(f"{exp.config.name}/{name}", quiet)
         try:
             with input_errors(config_path, f" (variant {name})"):
-                results["variants"][name] = run_config(cfg, progress=cb)
+                # --quiet: no progress process at all (its timeouts would only split the
+                # engine's runs into more calls)
+                results["variants"][name] = run_config(cfg, progress=None if quiet else cb)
         finally:
             stop()
     return results
