@@ -458,11 +458,6 @@ class Machine:
         self.machine_ctr.add("tlbi.entries", removed)
         return removed
 
-    def invalidate_local(self, cpu: Cpu, vmid: int) -> None:
-        off, sets, ways, _, sizes, _ = self.tlb_geom
-        invalidate_cpu(cpu.index, vmid, 0, 0, self.cfg.geometry.page_shift, self.tlb_key, off,
-                       sets, ways, sizes, self.wc_tag)
-
     def account_op(self, ctr: Counters, rep: P.OpReport) -> None:
         ctr.add("tlbi.ops", rep.tlbi_ops)
         ctr.add("pgtable.pages_allocated", rep.tables_allocated)
