@@ -14,10 +14,7 @@ from simulator.arch.geometry import Geometry
 from simulator.engine import layout as L
 from simulator.engine.machine import Counters, Machine, SimulationError
 from simulator.hyp.host import OWNER_HOST, STATE_SHARED_BORROWED, HostPhys, HostStage2
-from simulator.hyp.page_alloc import HypBugError
 from simulator.mmu import Stage2
-from simulator.mmu import pgtable as P
-from simulator.mmu.walk import W_PERMISSION
 from workloads.units import parse_size
 
 
@@ -238,8 +235,8 @@ class GuestVM:
 
 
 class HostVM:
-    """The host as a VM of its own: the host stage-2 and handle_host_mem_abort()'s
-    page-table work (a call-out of the engine, under the host lock)."""
+    """The host as a VM of its own: the host stage-2, whose aborts the engine handles
+    (host_stage2_idmap(), compiled in :mod:`simulator.hyp.host`)."""
 
     def __init__(self, m: Machine, hs2: HostStage2, phys: HostPhys, mem_index: int):
         self.machine = m
@@ -261,6 +258,7 @@ class HostVM:
             L.V_LOCK: self.lock, L.V_ENTRY: c.fault_entry_exit // 2 + c.host_abort_handler,
             L.V_OWNER: OWNER_HOST, L.V_SHARED_FROM: -1, L.V_POOL: 1, L.V_HOST_LOCK: self.lock,
         })
+        m.set_host(hs2.hw, hs2.hreg)
 
     def placement(self, addrs: np.ndarray, kinds: np.ndarray, ctx):
         """Host workload addresses are offsets into host memory (then MMIO); the host kernel
@@ -276,37 +274,6 @@ class HostVM:
             ctx.ctr.add("skipped_accesses", dropped)
             return np.ascontiguousarray(pa[keep]), np.ascontiguousarray(kinds[keep])
         return pa, kinds
-
-    def callout(self, call: int, ctx) -> None:
-        """handle_host_mem_abort() under the host lock: host_stage2_idmap() of the faulting
-        address; the cycles go to S_OPC, an access that can never complete is dropped."""
-        m = self.machine
-        st = m.st
-        i = ctx.index
-        ctx.ctr.add("aborts")
-        addr = int(st[i, L.S_IPA])
-        op = 0
-        if int(st[i, L.S_FSTATUS]) == W_PERMISSION:
-            ctx.ctr.add("illegal_accesses")  # e.g. a fetch from MMIO (XN)
-            st[i, L.S_SKIP] = 1
-        else:
-            try:
-                res = self.hs2.idmap(addr)
-            except HypBugError as e:
-                raise SimulationError("hyp.vmemmap_layout", str(e)) from None
-            if res.ret == -P.EPERM:
-                ctx.ctr.add("illegal_accesses")
-                st[i, L.S_SKIP] = 1
-            elif res.ret == -P.EAGAIN:
-                ctx.ctr.add("faults.spurious")
-            elif res.ret == -P.ENOMEM:
-                raise SimulationError("host", f"host stage-2 out of memory at {addr:#x} even "
-                                      "after recycling MMIO mappings (the kernel BUGs)")
-            for rep in res.reports:
-                op += m.op_costs.cycles(rep)
-                m.apply_tlbis(0, rep)
-                m.account_op(ctx.ctr, rep)
-        st[i, L.S_OPC] = op
 
 
 __all__ = ["GuestVM", "HostVM", "Placement", "backing_size"]

@@ -34,14 +34,14 @@ from simulator.engine.layout import (
     G_ERR_IPA,
     G_NWIN,
     G_TLBI_ENTRIES,
+    P_ATTR,
+    P_ATTR_X,
     P_C_ALLOC,
     P_C_FREE,
     P_C_STORE,
     P_C_TLBI_IPA,
     P_C_TLBI_RANGE,
     P_C_TLBI_VMID,
-    P_ATTR,
-    P_ATTR_X,
     P_C_VISIT,
     P_DIC,
     P_DIRTY_PAGE,
@@ -93,6 +93,7 @@ from simulator.engine.layout import (
 from simulator.engine.sched import (
     push,
 )
+from simulator.hyp.host import STATE_SHARED_BORROWED
 from simulator.hyp.rebuild import (
     RB_BREAK,
     RB_BREAK_VMID,
@@ -107,7 +108,6 @@ from simulator.hyp.rebuild import (
     RB_WINDOW_CLOSE,
     RB_WINDOW_OPEN,
 )
-from simulator.hyp.host import STATE_SHARED_BORROWED
 from simulator.mmu import pgtable as P
 from simulator.mmu.batch import FETCH, WRITE
 from simulator.mmu.pgtable import (
@@ -164,7 +164,7 @@ def op_cycles(rep, pr, fp):
 
 
 @jit
-def _account(rep, ec, tc, c, g):
+def account(rep, ec, tc, c, g):
     """An operation's TLBIs, table pages and cache maintenance, counted for context ``c``;
     False on kernel WARN()s."""
     ec[c, E_TLBI_OPS] += rep[R_TLBI_IPA] + rep[R_TLBI_RANGE] + rep[R_TLBI_VMID]
@@ -321,7 +321,7 @@ def handle(c, v, cpu, now, pr, fp, vmt, slots, block_levels, g, st, ec, tc, tabl
         ec[c, E_TLBI_OPS] += 1
         tc[c, E_TLBI_OPS] = 1
         st[c, S_OPC] = opc
-        if not _account(rep, ec, tc, c, g):
+        if not account(rep, ec, tc, c, g):
             return -1
         return 0
     # a translation fault, or a write to a block while logging (force_pte: the map replaces
@@ -404,7 +404,7 @@ def map_fault(c, v, pr, fp, vmt, g, st, ec, tc, tables, refcnt, free, meta, stat
         st[c, S_REPEATS] = 0
     st[c, S_OPC] += op_cycles(rep, pr, fp)
     apply_tlbis(rep, tlog, vmt[v, V_VMID], ps, g, key2, off, sets, ways, sizes, wc_tag3)
-    return _account(rep, ec, tc, c, g)
+    return account(rep, ec, tc, c, g)
 
 
 @jit
@@ -415,7 +415,7 @@ def _step(kind, c, v, pr, vmt, st, tables, refcnt, free, meta, stat, rep, tlog, 
     pgtable_entry_step(kind, tables, refcnt, free, meta, vmt[v, V_TBASE], pr[P_PAGE_SHIFT],
                        st[c, S_RB_ROW], st[c, S_RB_IDX], st[c, S_LEVEL], U(st[c, S_RB_START]),
                        U(new), child, flags, vmt[v, V_RULE], stat, rep, tlog)
-    return _account(rep, ec, tc, c, g)
+    return account(rep, ec, tc, c, g)
 
 
 @jit

@@ -27,7 +27,7 @@ FP_CMO, FP_ICACHE = 0, 1  # bytes per cycle
  V_POOL, V_HOST_LOCK, V_DIRTY, V_SHARED_WALK) = range(29)
 N_VM_FIELDS = 32
 VM_GUEST = 0  # user_mem_abort(), compiled
-VM_HOST = 1  # pKVM's handle_host_mem_abort(): the page-table work is a call-out
+VM_HOST = 1  # pKVM's handle_host_mem_abort(): host_stage2_idmap(), compiled
 
 # ---- a context (int64 row) -----------------------------------------------------------------
 (S_STATE, S_VM, S_CPU, S_POS, S_LEN, S_DEBT, S_STATUS, S_T0, S_TACQ, S_OPC, S_LAST_IDX,
@@ -48,12 +48,12 @@ ST_LOCK_WAIT = 6  # queued on the lock (not in the heap)
 ST_LOCK_GRANTED = 7  # granted after a wait: count it, go on in state S_NEXT
 ST_ENTERED = 8  # after the fault entry: a missing donated chunk, or the lock
 ST_HANDLE = 9  # under the lock: user_mem_abort()'s work
-ST_MAP = 10  # the map (memcache topped up when the table memory is pool-backed)
-ST_MAPPED = 11  # after the map (memcache settled): rmap_add()
+ST_MAP = 10  # the map (the memcache topped up and settled when the memory is pool-backed)
+ST_MAPPED = 11  # after the map: rmap_add()
 ST_FAULT_END = 12  # the work under the lock is done: charge it
 ST_RELEASE = 13  # after the time under the lock: release, return to the guest
 ST_REBUILD = 14  # run the rebuild program from S_RB_PC
-ST_HOST_ABORT = 15  # pKVM host abort under the host lock (a call-out)
+ST_HOST_ABORT = 15  # pKVM host abort under the host lock
 ST_DONATE_HCALLS = 16  # a ballooned chunk touched again: the hypercalls, then the host lock
 ST_DONATE = 17  # under the host lock: the donation (a call-out)
 ST_DONATE_DONE = 18  # charge it
@@ -68,11 +68,12 @@ ST_IDLE = 24  # not started
 EXTRA_NAMES = ("tlb_conflict_aborts", "faults.in_window", "lock_wait_cycles", "dirty.pages",
                "tlbi.ops", "faults.spurious", "fault_cycles", "pgtable.pages_allocated",
                "pgtable.pages_freed", "cmo.bytes", "rebuild.blocks", "rebuild.window_cycles",
-               "faults.enomem", "sched.wait_cycles", "sched.slices")
+               "faults.enomem", "sched.wait_cycles", "sched.slices", "aborts",
+               "illegal_accesses")
 (E_CONFLICT, E_IN_WINDOW, E_LOCK_WAIT, E_DIRTY, E_TLBI_OPS, E_SPURIOUS, E_FAULT_CYCLES,
  E_ALLOC, E_FREED, E_CMO, E_RB_BLOCKS, E_RB_WINDOW, E_ENOMEM, E_SCHED_WAIT,
- E_SCHED_SLICES) = range(15)
-N_EXTRA = 15
+ E_SCHED_SLICES, E_ABORTS, E_ILLEGAL) = range(17)
+N_EXTRA = 17
 
 # ---- globals ---------------------------------------------------------------------------
 (G_NWIN, G_TLBI_ENTRIES, G_DONE_ACC, G_PENDING, G_ERR, G_ERR_CTX, G_ERR_IPA, G_CALL,
@@ -89,18 +90,17 @@ RET_ERROR = 4  # G_ERR says which
 # call-outs: work Python owns, done while the context waits at one instant
 CALL_REFILL = 1  # the context needs its next chunk of accesses
 CALL_GROW = 2  # page-table memory needs room before the next step
-CALL_TOPUP = 3  # top the memcache up from the hyp pool before a map (S_START, S_SIZE)
-CALL_SETTLE = 4  # give the memcache's pages back to the pool after an operation
-CALL_RMAP_ADD = 5  # rmap_add() for the page leaf just installed at S_START (adds to S_OPC)
-CALL_HOST_ABORT = 6  # host_stage2_idmap() for the host abort at S_IPA: sets S_OPC, S_SKIP
-CALL_DONATE_ALLOC = 7  # find host memory for the guest's missing chunk at S_IPA: sets S_OPC
-CALL_DONATE = 8  # donate (or share) it under the host lock: sets S_OPC
+CALL_RMAP_ADD = 3  # rmap_add() for the page leaf just installed at S_START (adds to S_OPC)
+CALL_DONATE_ALLOC = 4  # find host memory for the guest's missing chunk at S_IPA: sets S_OPC
+CALL_DONATE = 5  # donate (or share) it under the host lock: sets S_OPC
 
 # errors
 ERR_OUTSIDE = 1  # an access outside guest memory
 ERR_STUCK = 2  # the same access keeps faulting
 ERR_WARN = 3  # page-table refcount inconsistency
 ERR_ENOMEM = 4  # no page-table memory, repeatedly
+ERR_HYP_BUG = 5  # a hyp pool BUG()ged (G_ERR_IPA: the pool, p << 8 | BUG_*)
+ERR_HOST_ENOMEM = 6  # the host stage-2 is out of memory even after recycling MMIO
 
 GROW_MARGIN = 64  # free table pages guaranteed before every step (a fault needs at most 4)
 

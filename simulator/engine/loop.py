@@ -8,8 +8,8 @@ waits again, and so on, until the next event lies at or after ``horizon`` (the t
 next SimPy event: agents run there), no context has an event, or Python must act:
 
 * a call-out (``RET_CALL``): work Python owns, done at one instant while the context waits
-  (its next chunk of accesses, growing page-table memory, the hyp pool's memcache, rmap_add(),
-  pKVM's host abort and donation); Python serves it and resumes the context;
+  (its next chunk of accesses, growing page-table memory, rmap_add(), pKVM's donation of a
+  chunk); Python serves it and resumes the context;
 * signals (``RET_SIGNAL``): a lock granted to an agent, a context that has finished.
 
 The fault handler is user_mem_abort() as a cost model: exception entry, the handler's work
@@ -17,6 +17,9 @@ outside the lock, the lock, the page-table operation (the kernel's walker, charg
 it did), release, return. Permission faults relax the leaf; with dirty logging a write marks
 the page dirty and maps a page (breaking a block into a table); a fault that finds a table
 where its block goes runs the rebuild strategy's program (:mod:`simulator.hyp.rebuild`).
+With pKVM, a guest's map tops its memcache up from the hyp pool and settles it afterwards
+(:mod:`simulator.hyp.pools`), and a host CPU's abort runs host_stage2_idmap()
+(:func:`simulator.hyp.host.host_idmap_step`), both compiled here.
 """
 
 from __future__ import annotations
@@ -24,21 +27,32 @@ from __future__ import annotations
 import numpy as np
 
 from simulator._jit import jit
+from simulator.engine.fault import (
+    account,
+    apply_tlbis,
+    handle,
+    invalidate_cpu,
+    map_fault,
+    op_cycles,
+    rebuild,
+)
 from simulator.engine.layout import (
     CALL_DONATE,
     CALL_DONATE_ALLOC,
     CALL_GROW,
-    CALL_HOST_ABORT,
     CALL_REFILL,
     CALL_RMAP_ADD,
-    CALL_SETTLE,
-    CALL_TOPUP,
+    E_ABORTS,
     E_CONFLICT,
     E_FAULT_CYCLES,
+    E_ILLEGAL,
     E_IN_WINDOW,
     E_LOCK_WAIT,
     E_SCHED_SLICES,
     E_SCHED_WAIT,
+    E_SPURIOUS,
+    ERR_HOST_ENOMEM,
+    ERR_HYP_BUG,
     ERR_OUTSIDE,
     ERR_STUCK,
     G_CALL,
@@ -82,8 +96,10 @@ from simulator.engine.layout import (
     S_REPEATS,
     S_RET,
     S_SINCE,
+    S_SIZE,
     S_SKIP,
     S_SLOT,
+    S_START,
     S_STATE,
     S_STATUS,
     S_STOP,
@@ -134,7 +150,6 @@ from simulator.engine.layout import (
     V_VMID,
     VM_HOST,
 )
-from simulator.engine.fault import handle, invalidate_cpu, map_fault, rebuild
 from simulator.engine.sched import (
     C_QN,
     C_SHARED,
@@ -150,12 +165,19 @@ from simulator.engine.sched import (
     push,
     signal,
 )
-from simulator.mmu.batch import B_FAULT, FR_IPA, FR_KIND, FR_STATUS, run_batch
-from simulator.mmu.pgtable import (
-    M_HWM,
-    M_NFREE,
+from simulator.hyp.host import (
+    HW_ADDR,
+    HW_BUG,
+    HW_PHASE,
+    HW_RET,
+    PH_DONE,
+    PH_START,
+    host_idmap_step,
 )
-from simulator.mmu.walk import W_CONFLICT
+from simulator.hyp.pools import memcache_settle, memcache_topup
+from simulator.mmu.batch import B_FAULT, FR_IPA, FR_KIND, FR_STATUS, run_batch
+from simulator.mmu.pgtable import EAGAIN, ENOMEM, EPERM, M_HWM, M_NFREE, tables_needed
+from simulator.mmu.walk import W_CONFLICT, W_PERMISSION
 
 U = np.uint64
 
@@ -165,7 +187,8 @@ U = np.uint64
 def advance(horizon, pr, fp, vmt, slots, chunks, block_levels, rbprog, g, st, ec, tc, ht, hs,
             hc, lk, lq, cs, cq, win, sig, addrs2, kinds2, mtables, mrefcnt, mfree, mmeta, stats,
             rep, tlog, stk, dirty, key2, stamp2, tpa2, tperm2, off, sets, ways, lat, sizes,
-            serves, lay, wc_tag3, wc_row3, wc_stamp3, clock2, costs, ctr2, fault2, owner, loc):
+            serves, lay, wc_tag3, wc_row3, wc_stamp3, clock2, costs, ctr2, fault2, owner, loc,
+            hys, hw, hreg):
     """Run the contexts' events in order until one of the RET_* conditions.
 
     pr/fp: machine parameters; vmt: the stage-2s; slots (base, size) and chunks (donated
@@ -177,7 +200,9 @@ def advance(horizon, pr, fp, vmt, slots, chunks, block_levels, rbprog, g, st, ec
     rep/tlog/stk: walker scratch; dirty: the logging guest's dirty bitmap; key2 .. lay: the
     CPUs' TLBs (per CPU rows, shared geometry); wc_*3: walk caches; clock2: LRU clocks;
     costs: run_batch's cost slots; ctr2/fault2: each context's MMU counters and fault
-    record; owner: the ownership record (pkvm; empty in kvm); loc: scratch (3 int64)."""
+    record; owner: the ownership record (pkvm; empty in kvm); loc: scratch (3 int64);
+    hys: the table memories' hyp-pool stores (tuple; empty stores without pools); hw/hreg:
+    pKVM's host abort work area and regions (simulator.hyp.host)."""
     ps = pr[P_PAGE_SHIFT]
     while True:
         if pr[P_GROW] != 0:
@@ -202,9 +227,9 @@ def advance(horizon, pr, fp, vmt, slots, chunks, block_levels, rbprog, g, st, ec
         cpu = st[c, S_CPU]
         # the context's stage-2 lives in table memory 0 or 1 (constant indices: cheap)
         if vmt[v, V_MEM] == 0:
-            tables, refcnt, free, meta = mtables[0], mrefcnt[0], mfree[0], mmeta[0]
+            tables, refcnt, free, meta, hy = mtables[0], mrefcnt[0], mfree[0], mmeta[0], hys[0]
         else:
-            tables, refcnt, free, meta = mtables[1], mrefcnt[1], mfree[1], mmeta[1]
+            tables, refcnt, free, meta, hy = mtables[1], mrefcnt[1], mfree[1], mmeta[1], hys[1]
         stat = stats[v]
         # run context c from its state until it waits (an event, a queue) or Python must act
         while True:
@@ -369,10 +394,41 @@ def advance(horizon, pr, fp, vmt, slots, chunks, block_levels, rbprog, g, st, ec
                 st[c, S_STATE] = st[c, S_NEXT]
                 continue
             if s == ST_HOST_ABORT:
+                # handle_host_mem_abort() under the host lock: host_stage2_idmap() step by step,
+                # each page-table operation charged; an access that can never complete drops
+                ec[c, E_ABORTS] += 1
+                tc[c, E_ABORTS] = 1
+                op = 0
+                ret = 0
+                if st[c, S_FSTATUS] == W_PERMISSION:
+                    ret = -EPERM  # e.g. a fetch from MMIO (XN)
+                else:
+                    hw[HW_ADDR] = st[c, S_IPA]
+                    hw[HW_PHASE] = PH_START
+                    while hw[HW_PHASE] != PH_DONE:
+                        if host_idmap_step(hw, hreg, tables, refcnt, free, meta, stat, rep, tlog,
+                                           stk, hy):
+                            op += op_cycles(rep, pr, fp)
+                            apply_tlbis(rep, tlog, vmt[v, V_VMID], ps, g, key2, off, sets, ways,
+                                        sizes, wc_tag3)
+                            if not account(rep, ec, tc, c, g):
+                                return RET_ERROR
+                    if hw[HW_BUG] != 0 or hw[HW_RET] == -ENOMEM:
+                        g[G_ERR] = ERR_HYP_BUG if hw[HW_BUG] != 0 else ERR_HOST_ENOMEM
+                        g[G_ERR_CTX] = c
+                        g[G_ERR_IPA] = hw[HW_BUG] if hw[HW_BUG] != 0 else st[c, S_IPA]
+                        return RET_ERROR
+                    ret = hw[HW_RET]
+                if ret == -EPERM:
+                    ec[c, E_ILLEGAL] += 1
+                    tc[c, E_ILLEGAL] = 1
+                    st[c, S_SKIP] = 1
+                elif ret == -EAGAIN:
+                    ec[c, E_SPURIOUS] += 1
+                    tc[c, E_SPURIOUS] = 1
+                st[c, S_OPC] = op
                 st[c, S_STATE] = ST_FAULT_END
-                g[G_CALL] = CALL_HOST_ABORT
-                g[G_CALL_CTX] = c
-                return RET_CALL
+                continue
             if s == ST_HANDLE:
                 r = handle(c, v, cpu, now, pr, fp, vmt, slots, block_levels, g, st, ec, tc,
                             tables, refcnt, free, meta, stat, rep, tlog, stk, dirty, key2, off,
@@ -380,9 +436,11 @@ def advance(horizon, pr, fp, vmt, slots, chunks, block_levels, rbprog, g, st, ec
                 if r == 1:  # a map: top the memcache up first when the tables are pooled
                     st[c, S_STATE] = ST_MAP
                     if vmt[v, V_POOL] != 0:
-                        g[G_CALL] = CALL_TOPUP
-                        g[G_CALL_CTX] = c
-                        return RET_CALL
+                        bug = memcache_topup(free, meta, hy, vmt[v, V_POOL] - 1,
+                                             tables_needed(st[c, S_START], st[c, S_SIZE],
+                                                           vmt[v, V_START_LEVEL], ps))
+                        if bug != 0:
+                            return _hyp_bug(c, bug, g)
                 elif r == 2:  # a rebuild
                     st[c, S_STATE] = ST_REBUILD
                 else:
@@ -395,9 +453,9 @@ def advance(horizon, pr, fp, vmt, slots, chunks, block_levels, rbprog, g, st, ec
                     return RET_ERROR
                 st[c, S_STATE] = ST_MAPPED
                 if vmt[v, V_POOL] != 0 and meta[M_NFREE] > 0:
-                    g[G_CALL] = CALL_SETTLE
-                    g[G_CALL_CTX] = c
-                    return RET_CALL
+                    bug = memcache_settle(free, meta, hy, 0)
+                    if bug != 0:
+                        return _hyp_bug(c, bug, g)
                 continue
             if s == ST_MAPPED:
                 st[c, S_STATE] = ST_FAULT_END
@@ -445,6 +503,14 @@ def advance(horizon, pr, fp, vmt, slots, chunks, block_levels, rbprog, g, st, ec
             break  # ST_DONE, ST_CPU_WAIT, ST_LOCK_WAIT, ST_NEED_CHUNK: nothing to run
         if g[G_NSIG] > 0:
             return RET_SIGNAL
+
+
+@jit
+def _hyp_bug(c, bug, g):
+    g[G_ERR] = ERR_HYP_BUG
+    g[G_ERR_CTX] = c
+    g[G_ERR_IPA] = bug
+    return RET_ERROR
 
 
 @jit

@@ -31,12 +31,15 @@ from simulator.arch import descriptors as D
 from simulator.config import ExperimentConfig
 from simulator.engine import layout as L
 from simulator.engine import sched as S
-from simulator.engine.fault import invalidate_cpu, op_cycles
+from simulator.engine.fault import invalidate_all, op_cycles
 from simulator.engine.loop import advance
+from simulator.hyp.host import N_HW
+from simulator.hyp.page_alloc import HypBugError
+from simulator.hyp.pools import empty_store
+from simulator.hyp.rebuild import program
 from simulator.mmu import TLBHierarchy, TLBLevelSpec, WalkCache
 from simulator.mmu import pgtable as P
 from simulator.mmu.batch import K_CONFLICT, N_COSTS, N_COUNTERS, N_FAULT, VcpuMMU
-from simulator.hyp.rebuild import program
 
 
 class SimulationError(RuntimeError):
@@ -146,6 +149,7 @@ class Machine:
         c = cfg.costs
         pr = np.zeros(L.N_PARAMS, dtype=np.int64)
         pr[L.P_PAGE_SHIFT] = g.page_shift
+        self.page_shift = g.page_shift
         pr[L.P_QUANTUM] = cfg.engine.quantum_cycles
         pr[L.P_MAX_CYCLES] = -1 if cfg.engine.max_cycles is None else cfg.engine.max_cycles
         pr[L.P_EXIT] = c.fault_entry_exit - c.fault_entry_exit // 2
@@ -196,6 +200,10 @@ class Machine:
         self.tlog = np.zeros((P.TLOG_CAPACITY, 5), dtype=np.int64)
         self.stk = np.zeros((4, 5), dtype=np.uint64)
         self.loc = np.zeros(3, dtype=np.int64)
+        # pKVM's host abort: its work area and regions (set_host)
+        self.hw = np.zeros(N_HW, dtype=np.int64)
+        self.hreg = np.zeros((0, 3), dtype=np.int64)
+        self._empty_store = empty_store()
         self._frozen = False
         self._agent_events: dict[int, simpy.Event] = {}
         self._next_agent = 0
@@ -359,6 +367,11 @@ class Machine:
         self._resize_locks()
         self.pr[L.P_GROW] = int(not getattr(self.mems[0], "pools", None))
 
+    def set_host(self, hw: np.ndarray, hreg: np.ndarray) -> None:
+        """pkvm: the host stage-2's abort work area and regions (simulator.hyp.host)."""
+        self.hw = hw
+        self.hreg = hreg
+
     def set_owner_record(self, owner: np.ndarray, base: int) -> None:
         """pkvm: every completed access is checked against this ownership record."""
         self.owner = owner
@@ -450,13 +463,11 @@ class Machine:
     def _invalidate(self, vmid: int, lo: int, hi: int) -> int:
         self._freeze_cpus()
         off, sets, ways, _, sizes, _ = self.tlb_geom
-        ps = self.cfg.geometry.page_shift
-        removed = 0
-        for cpu in range(len(self.cpus)):
-            removed += int(invalidate_cpu(cpu, vmid, lo, hi, ps, self.tlb_key, off, sets, ways,
-                                          sizes, self.wc_tag))
-        self.machine_ctr.add("tlbi.entries", removed)
-        return removed
+        g = self.g
+        before = int(g[L.G_TLBI_ENTRIES])  # counted in tlbi.entries (machine_counters)
+        invalidate_all(vmid, lo, hi, self.page_shift, g, self.tlb_key, off, sets, ways, sizes,
+                       self.wc_tag)
+        return int(g[L.G_TLBI_ENTRIES]) - before
 
     def account_op(self, ctr: Counters, rep: P.OpReport) -> None:
         ctr.add("tlbi.ops", rep.tlbi_ops)
@@ -505,7 +516,9 @@ class Machine:
                        self.rep, self.tlog, self.stk, self.dirty, self.tlb_key, self.tlb_stamp,
                        self.tlb_pa, self.tlb_perm, off, sets, ways, lat, sizes, serves,
                        self.layout, self.wc_tag, self.wc_row, self.wc_stamp, self.clock,
-                       self.costs, self.ctr2, self.fault2, self.owner, self.loc)
+                       self.costs, self.ctr2, self.fault2, self.owner, self.loc,
+                       tuple(getattr(m, "hy", None) or self._empty_store for m in mems),
+                       self.hw, self.hreg)
 
     def _serve(self, call: int, c: int) -> None:
         """Serve a call-out for context ``c``; the context then resumes at once."""
@@ -519,16 +532,11 @@ class Machine:
         vm = ctx.vm
         if call == L.CALL_REFILL:
             self._refill(ctx)
-        elif call == L.CALL_TOPUP:
-            start, size = int(st[c, L.S_START]), int(st[c, L.S_SIZE])
-            vm.s2.mem.before_op(vm.s2._tables_needed(start, size))
-        elif call == L.CALL_SETTLE:
-            vm.s2.mem.after_op()
         elif call == L.CALL_RMAP_ADD:
             start, size = int(st[c, L.S_START]), int(st[c, L.S_SIZE])
             for agent in vm.map_listeners:
                 st[c, L.S_OPC] += agent.on_map(vm, ctx, start, size)
-        else:  # host abort, donation: the VM's Python side
+        else:  # donation: the VM's Python side
             vm.callout(call, ctx)
         g[L.G_PENDING] = c
 
@@ -573,6 +581,15 @@ class Machine:
         if err == L.ERR_STUCK:
             raise SimulationError("engine", f"{ctx.label}: the access to {ipa:#x} keeps "
                                   "faulting after its fault was handled")
+        if err == L.ERR_HYP_BUG:
+            mem = self.mems[int(self.vmt[ctx.vm.index, L.V_MEM])]
+            try:
+                mem.bug(ipa)
+            except HypBugError as e:
+                raise SimulationError("hyp.vmemmap_layout", str(e)) from None
+        if err == L.ERR_HOST_ENOMEM:
+            raise SimulationError("host", f"host stage-2 out of memory at {ipa:#x} even after "
+                                  "recycling MMIO mappings (the kernel BUGs)")
         if err == L.ERR_ENOMEM:
             raise SimulationError(ctx.vm.enomem_field, f"{ctx.label}: no page-table memory "
                                   f"left to map IPA {ipa:#x} (the pool stays exhausted)")

@@ -11,12 +11,29 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from simulator._jit import jit
 from simulator.arch import descriptors as D
 from simulator.arch.geometry import Geometry
 from simulator.hyp.page_alloc import HypPool, host_s2_pgtable_pages, pgtable_max_pages
-from simulator.hyp.pools import PoolMemory
-from simulator.mmu import pgtable as P
-from simulator.mmu.pgtable import OpReport, Stage2
+from simulator.hyp.pools import PoolMemory, memcache_settle, memcache_topup
+from simulator.mmu.pgtable import (
+    EAGAIN,
+    ENOMEM,
+    EPERM,
+    OP_GET_LEAF,
+    OP_MAP,
+    OP_UNMAP,
+    R_LEAF_LEVEL,
+    R_LEAF_PTE,
+    R_RET,
+    OpReport,
+    Stage2,
+    _gshift,
+    pgtable_walk,
+    tables_needed,
+)
+
+U = np.uint64
 
 OWNER_HOST = 0
 OWNER_HYP = 1
@@ -169,6 +186,176 @@ class IdmapResult:
     recycled: bool = False  # host_stage2_unmap_dev_all() ran
 
 
+# ---- the host abort's work area: one int64 array per host stage-2 -----------------------
+# the stage-2 (constant)
+(HW_TBASE, HW_PAGE_SHIFT, HW_ROOT, HW_START_LEVEL, HW_IA_BITS, HW_FLAGS, HW_RULE,
+ HW_MIN_BLOCK, HW_MEM_ATTR, HW_DEV_ATTR, HW_MEM_POOL, HW_DEV_POOL,
+ # one abort: its address, where it is, the window it maps, its result
+ HW_PHASE, HW_ADDR, HW_START, HW_SIZE, HW_MEMORY, HW_GAP, HW_PREV, HW_RET, HW_RECYCLED,
+ HW_BUG,
+ # counters over the run
+ HW_ENOMEM, HW_RECYCLES, HW_MMIO_FIRST, HW_MMIO_PAGES) = range(26)
+N_HW = 26
+# phases of host_idmap_step()
+PH_START = 0  # find the region, look the entry up, map the window
+PH_RECYCLE = 1  # -ENOMEM: host_stage2_unmap_dev_all(), one gap per step
+PH_RETRY = 2  # map again once
+PH_DONE = 3
+# a region row: base, end, 1 for memory (0: MMIO)
+RG_BASE, RG_END, RG_MEMORY = 0, 1, 2
+
+
+@jit
+def _host_walk(op, start, size, phys, attr, pool, reserve, hw, tables, refcnt, free, meta,
+               stat, rep, tlog, stk, hy):
+    """One operation on the host stage-2 as Stage2._walk() runs it: the memcache topped up
+    from ``pool``, kvm_pgtable_walk() over the page-aligned range, the memcache settled. The
+    report is left in ``rep``; returns 0 or the pool's BUG (see memcache_topup)."""
+    ps = hw[HW_PAGE_SHIFT]
+    m = (np.int64(1) << ps) - 1
+    lo = start & ~m
+    hi = (lo + size + m) & ~m
+    bug = memcache_topup(free, meta, hy, pool, reserve)
+    if bug != 0:
+        return bug
+    rep[:] = 0
+    pgtable_walk(op, tables, refcnt, free, meta, hw[HW_TBASE], ps, hw[HW_ROOT],
+                 hw[HW_START_LEVEL], hw[HW_IA_BITS], U(lo), U(hi), U(phys & ~m), U(attr), 0,
+                 hw[HW_FLAGS], hw[HW_RULE], stat, rep, tlog, stk)
+    return memcache_settle(free, meta, hy, 0)
+
+
+@jit
+def _host_map(hw, tables, refcnt, free, meta, stat, rep, tlog, stk, hy):
+    """kvm_pgtable_stage2_map() of the abort's window, from the pool its region draws on."""
+    start = hw[HW_START]
+    size = hw[HW_SIZE]
+    memory = hw[HW_MEMORY] != 0
+    pool = hw[HW_MEM_POOL] if memory else hw[HW_DEV_POOL]
+    attr = hw[HW_MEM_ATTR] if memory else hw[HW_DEV_ATTR]
+    need = tables_needed(start, size, hw[HW_START_LEVEL], hw[HW_PAGE_SHIFT])
+    bug = _host_walk(OP_MAP, start, size, start, attr, pool, need, hw, tables, refcnt, free,
+                     meta, stat, rep, tlog, stk, hy)
+    if bug != 0:
+        hw[HW_BUG] = bug
+        hw[HW_PHASE] = PH_DONE
+        return 0
+    ret = rep[R_RET]
+    if ret == -ENOMEM and hw[HW_PHASE] == PH_START:
+        # host_stage2_try(): recycle the MMIO mappings' pages and retry once
+        hw[HW_ENOMEM] += 1
+        if hw[HW_MMIO_FIRST] < 0:
+            hw[HW_MMIO_FIRST] = hw[HW_MMIO_PAGES]
+        hw[HW_RECYCLES] += 1
+        hw[HW_RECYCLED] = 1
+        hw[HW_GAP] = 0
+        hw[HW_PREV] = 0
+        hw[HW_PHASE] = PH_RECYCLE
+        return 1
+    hw[HW_RET] = ret
+    if ret == 0 and not memory:
+        hw[HW_MMIO_PAGES] += size >> hw[HW_PAGE_SHIFT]
+    hw[HW_PHASE] = PH_DONE
+    return 1
+
+
+@jit
+def host_idmap_step(hw, hreg, tables, refcnt, free, meta, stat, rep, tlog, stk, hy):
+    """One step of host_stage2_idmap() (mem_protect.c, Linux 6.12) for the abort at
+    hw[HW_ADDR]: at most one page-table operation, whose report is left in ``rep`` (returns
+    1; 0: no report). Set HW_ADDR and HW_PHASE = PH_START, then step until PH_DONE; the
+    result is HW_RET (0, -EAGAIN: already mapped, -EPERM: not the host's), the window
+    HW_START/HW_SIZE, a pool BUG in HW_BUG.
+
+    * find the region of the address (none: -EPERM);
+    * kvm_pgtable_get_leaf(): a valid entry is -EAGAIN, a non-zero invalid one (an owner
+      annotation) -EPERM;
+    * host_stage2_adjust_range(): grow the window level by level from the empty entry's
+      level until a block-capable level's window fits in the region;
+    * map it (RWX memory, RW + XN device memory) from the region's pool; on -ENOMEM
+      host_stage2_try() unmaps everything that is not memory (host_stage2_unmap_dev_all(),
+      one gap per step) and maps once more.
+    hreg: the regions (RG_* columns), in address order.
+    """
+    phase = hw[HW_PHASE]
+    ps = hw[HW_PAGE_SHIFT]
+    if phase == PH_START:
+        addr = hw[HW_ADDR]
+        hw[HW_RET] = 0
+        hw[HW_BUG] = 0
+        hw[HW_RECYCLED] = 0
+        hw[HW_START] = 0
+        hw[HW_SIZE] = 0
+        k = -1
+        for i in range(hreg.shape[0]):
+            if hreg[i, RG_BASE] <= addr < hreg[i, RG_END]:
+                k = i
+                break
+        if k < 0:
+            hw[HW_RET] = -EPERM
+            hw[HW_PHASE] = PH_DONE
+            return 0
+        bug = _host_walk(OP_GET_LEAF, addr, 1, 0, 0, hw[HW_MEM_POOL], 0, hw, tables, refcnt,
+                         free, meta, stat, rep, tlog, stk, hy)
+        if bug != 0:
+            hw[HW_BUG] = bug
+            hw[HW_PHASE] = PH_DONE
+            return 0
+        pte = rep[R_LEAF_PTE]
+        level = rep[R_LEAF_LEVEL]
+        if pte & 1:  # valid
+            hw[HW_RET] = -EAGAIN
+            hw[HW_PHASE] = PH_DONE
+            return 0
+        if pte != 0:
+            hw[HW_RET] = -EPERM
+            hw[HW_PHASE] = PH_DONE
+            return 0
+        # host_stage2_adjust_range()
+        while True:
+            size = np.int64(1) << _gshift(level, ps)
+            start = addr & ~(size - 1)
+            end = start + size
+            level += 1
+            if level > 3:
+                break
+            if (level >= hw[HW_MIN_BLOCK] and start >= hreg[k, RG_BASE]
+                    and end <= hreg[k, RG_END]):
+                break
+        hw[HW_START] = start
+        hw[HW_SIZE] = end - start
+        hw[HW_MEMORY] = hreg[k, RG_MEMORY]
+        return _host_map(hw, tables, refcnt, free, meta, stat, rep, tlog, stk, hy)
+    if phase == PH_RECYCLE:
+        # host_stage2_unmap_dev_all(): unmap each gap between memory regions, up to the end
+        # of the address space
+        n = hreg.shape[0]
+        while hw[HW_GAP] <= n:
+            i = hw[HW_GAP]
+            hw[HW_GAP] = i + 1
+            if i == n:
+                base = np.int64(1) << hw[HW_IA_BITS]
+                end = base
+            elif hreg[i, RG_MEMORY] == 0:
+                continue
+            else:
+                base = hreg[i, RG_BASE]
+                end = hreg[i, RG_END]
+            prev = hw[HW_PREV]
+            hw[HW_PREV] = max(prev, end)
+            if base > prev:
+                bug = _host_walk(OP_UNMAP, prev, base - prev, 0, 0, hw[HW_MEM_POOL], 0, hw,
+                                 tables, refcnt, free, meta, stat, rep, tlog, stk, hy)
+                if bug != 0:
+                    hw[HW_BUG] = bug
+                    hw[HW_PHASE] = PH_DONE
+                    return 0
+                return 1
+        hw[HW_MMIO_PAGES] = 0
+        hw[HW_PHASE] = PH_RETRY
+        return _host_map(hw, tables, refcnt, free, meta, stat, rep, tlog, stk, hy)
+    return 0
+
 class HostStage2:
     """The host stage-2 (VMID 0): an identity map filled lazily by host aborts, its table
     pages from the host_s2 pool(s), owner annotations for donated pages."""
@@ -204,72 +391,57 @@ class HostStage2:
         # the host's mm_ops have no cache-maintenance callbacks
         self.s2 = Stage2(self.ptmem, geom, vmid=0, rule=rule, fwb=fwb, tlbi_range=tlbi_range,
                          cmo=False)
-        self.enomem = 0
-        self.recycles = 0
-        self.mmio_at_first_enomem = -1
-        self.mmio_pages = 0  # bytes of MMIO currently mapped, in pages
+        # the compiled abort handler's work area and the regions it looks addresses up in
+        hw = np.zeros(N_HW, dtype=np.int64)
+        hw[[HW_TBASE, HW_PAGE_SHIFT, HW_ROOT, HW_START_LEVEL, HW_IA_BITS, HW_FLAGS, HW_RULE,
+            HW_MIN_BLOCK]] = (self.ptmem.base_pa, ps, self.s2.root, geom.start_level,
+                              geom.ipa_bits, self.s2.base_flags, rule, geom.min_block_level)
+        hw[HW_MEM_ATTR] = D.prot_attr(HOST_MEM_PROT)
+        hw[HW_DEV_ATTR] = D.prot_attr(HOST_MMIO_PROT)
+        hw[HW_MEM_POOL] = self.ptmem.index(self.mem_pool)
+        hw[HW_DEV_POOL] = self.ptmem.index(self.dev_pool)
+        hw[HW_MMIO_FIRST] = -1
+        self.hw = hw
+        self.hreg = np.array([(r.base, r.end, int(r.type == "memory")) for r in phys.regions],
+                             dtype=np.int64).reshape(-1, 3)
 
     # -- host_stage2_idmap() -------------------------------------------------------------
-    def adjust_range(self, addr: int, level: int, region: Region) -> tuple[int, int]:
-        """host_stage2_adjust_range(): grow the window level by level from the level of the
-        empty entry until a block-capable level's window fits in the region."""
-        g = self.geom
-        while True:
-            size = g.size(level)
-            start = addr & ~(size - 1)
-            end = start + size
-            level += 1
-            if level > 3:
-                break
-            block_ok = level >= g.min_block_level
-            if block_ok and start >= region.base and end <= region.end:
-                break
-        return start, end - start
-
     def idmap(self, addr: int) -> IdmapResult:
-        """The host abort handler's page-table work for a fault at ``addr``."""
-        region = self.phys.region_of(addr)
-        if region is None:
-            return IdmapResult(-P.EPERM)
-        pte, level = self.s2.get_leaf(addr)
-        if pte & int(D.VALID):
-            return IdmapResult(-P.EAGAIN)
-        if pte:
-            return IdmapResult(-P.EPERM)
-        start, size = self.adjust_range(addr, level, region)
-        is_mem = region.type == "memory"
-        prot = HOST_MEM_PROT if is_mem else HOST_MMIO_PROT
-        res = IdmapResult(0, start, size)
-        pool = self.mem_pool if is_mem else self.dev_pool
-        self.ptmem.use(pool)
-        rep = self.s2.map(start, size, start, prot)
-        res.reports.append(rep)
-        if rep.ret == -P.ENOMEM:
-            # host_stage2_try(): recycle the MMIO mappings' pages and retry once
-            self.enomem += 1
-            if self.mmio_at_first_enomem < 0:
-                self.mmio_at_first_enomem = self.mmio_pages
-            res.reports += self.unmap_dev_all()
-            res.recycled = True
-            self.ptmem.use(pool)
-            rep = self.s2.map(start, size, start, prot)
-            res.reports.append(rep)
-        res.ret = rep.ret
-        if rep.ret == 0 and not is_mem:
-            self.mmio_pages += size >> self.geom.page_shift
-        return res
+        """The host abort handler's page-table work for a fault at ``addr`` (the compiled
+        :func:`host_idmap_step`, stepped from Python: the engine runs the same steps)."""
+        hw = self.hw
+        hw[HW_ADDR] = addr
+        hw[HW_PHASE] = PH_START
+        mem = self.ptmem
+        s2 = self.s2
+        reports = []
+        while hw[HW_PHASE] != PH_DONE:
+            if host_idmap_step(hw, self.hreg, mem.tables, mem.refcnt, mem.free, mem.meta,
+                               s2.stat, s2._rep, s2._tlog, s2._stk, mem.hy):
+                reports.append(OpReport.from_arrays(s2._rep, s2._tlog))
+        mem.bug(int(hw[HW_BUG]))
+        return IdmapResult(int(hw[HW_RET]), int(hw[HW_START]), int(hw[HW_SIZE]), reports,
+                           bool(hw[HW_RECYCLED]))
 
-    def unmap_dev_all(self) -> list[OpReport]:
-        """host_stage2_unmap_dev_all(): unmap everything that is not memory."""
-        self.recycles += 1
-        reps = []
-        prev = 0
-        for r in self.phys.memory + [Region(1 << self.geom.ipa_bits, 0, "memory")]:
-            if r.base > prev:
-                reps.append(self.s2.unmap(prev, r.base - prev))
-            prev = max(prev, r.end)
-        self.mmio_pages = 0
-        return reps
+    @property
+    def enomem(self) -> int:
+        """Host aborts whose map met -ENOMEM (host_stage2_try() recycled MMIO)."""
+        return int(self.hw[HW_ENOMEM])
+
+    @property
+    def recycles(self) -> int:
+        """host_stage2_unmap_dev_all() calls."""
+        return int(self.hw[HW_RECYCLES])
+
+    @property
+    def mmio_at_first_enomem(self) -> int:
+        """Pages of MMIO mapped when the first -ENOMEM came (-1: none came)."""
+        return int(self.hw[HW_MMIO_FIRST])
+
+    @property
+    def mmio_pages(self) -> int:
+        """Pages of MMIO mapped now."""
+        return int(self.hw[HW_MMIO_PAGES])
 
     # -- ownership -----------------------------------------------------------------------
     def set_owner(self, pa: int, size: int, owner: int) -> OpReport:

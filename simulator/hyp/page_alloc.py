@@ -10,10 +10,11 @@ the 32-byte entry before seed 002, its 4-byte entry, and the 2-byte entry it ske
 State lives in numpy arrays, one element per page of the pool (index ``i`` is the page at
 ``start_phys + (i << page_shift)``):
 
-* ``refcounts`` and ``orders``: struct hyp_page's two fields, in arrays of the layout's width
-  (``uint32``/``uint32`` for legacy32, ``uint16``/``uint16`` for packed4; packed2's 13 + 3 bits
-  are held in a ``uint16`` and a ``uint8`` whose limits, 8191 and order 7 = HYP_NO_ORDER, the
-  kernels enforce);
+* ``refcounts`` and ``orders``: struct hyp_page's two fields, held in ``uint32`` arrays for
+  every layout (one array type: one compiled kernel, and the engine takes any pool). The
+  layout's widths are limits the kernels enforce from ``meta`` (``M_REF_MAX``: 65535 for
+  packed4, 8191 for packed2; ``M_NO_ORDER``: HYP_NO_ORDER, 0xFFFF or 7), so no value a field
+  of the layout's width could not hold is ever stored;
 * the free lists: ``next``/``prev`` node arrays of ``nr_pages + max_order + 1`` entries. Entries
   ``0 .. nr_pages-1`` are the pages' ``struct list_head`` (in the vmemmap for legacy32, inside the
   free page itself for the packed layouts: the same list either way); entry ``nr_pages + o`` is
@@ -53,8 +54,8 @@ left as described above, a state the real hypervisor, having panicked, never rea
 from __future__ import annotations
 
 import operator
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 
@@ -63,10 +64,10 @@ from simulator._jit import jit
 __all__ = [
     "HOST_S2_PGD_PAGES",
     "HYP_PGTABLE_BUDGET_LEVELS",
-    "HypBugError",
-    "HypPool",
     "MAX_PAGE_ORDER",
     "VMEMMAP_LAYOUTS",
+    "HypBugError",
+    "HypPool",
     "VmemmapLayout",
     "get_order",
     "host_s2_pgtable_pages",
@@ -107,8 +108,6 @@ class VmemmapLayout:
     refcount_bits: int
     order_bits: int
     list_nodes: str  # "vmemmap": struct list_head in struct hyp_page; "page": in the free page
-    refcount_dtype: type
-    order_dtype: type
     description: str
 
     @property
@@ -130,17 +129,17 @@ class VmemmapLayout:
 
 VMEMMAP_LAYOUTS: dict[str, VmemmapLayout] = {
     "legacy32": VmemmapLayout(
-        "legacy32", 32, 32, 32, "vmemmap", np.uint32, np.uint32,
+        "legacy32", 32, 32, 32, "vmemmap",
         "Linux 5.11/5.12: struct list_head node (16 B), struct hyp_pool *pool (8 B), "
         "unsigned int refcount, unsigned int order; HYP_NO_ORDER = UINT_MAX",
     ),
     "packed4": VmemmapLayout(
-        "packed4", 4, 16, 16, "page", np.uint16, np.uint16,
+        "packed4", 4, 16, 16, "page",
         "seed 002 (Linux 5.13 .. 6.13): unsigned short refcount, unsigned short order; "
         "HYP_NO_ORDER = USHRT_MAX; the list nodes live in the free pages",
     ),
     "packed2": VmemmapLayout(
-        "packed2", 2, 13, 3, "page", np.uint16, np.uint8,
+        "packed2", 2, 13, 3, "page",
         "seed 002's sketch: 13-bit refcount (max 8191), 3-bit order (0..6, 7 = HYP_NO_ORDER)",
     ),
 }
@@ -424,8 +423,7 @@ def _attach(refcnt, order, nxt, prv, resv, meta, idx):
             break
         _list_del(nxt, prv, b)
         order[b] = no_order
-        if b < p:
-            p = b
+        p = min(p, b)
         o += 1
         meta[M_MERGES] += 1
     order[p] = o
@@ -448,8 +446,8 @@ def pool_init(refcnt, order, nxt, prv, resv, meta):
     """hyp_pool_init(): empty the free lists, refcount every page (order 0, refcount 1), then
     put every page past the reserved ones, which builds the buddy tree page by page.
 
-    refcnt: per-page refcount (zeroed, as the hyp vmemmap is), the layout's width.
-    order: per-page order, the layout's width.
+    refcnt: per-page refcount (zeroed, as the hyp vmemmap is), uint32.
+    order: per-page order, uint32.
     nxt, prv: int32 list nodes, nr_pages pages then max_order + 1 list heads.
     resv: uint8, 1 for each reserved page still held (at least one element).
     meta: int64 pool scalars and counters (M_*); M_START_PFN, M_END_PFN, M_NR_PAGES,
@@ -659,8 +657,8 @@ class HypPool:
         self.max_order = min(int(max_order), get_order(size, page_shift), self.layout.max_order)
         self.on_bug = on_bug
 
-        self.refcounts = np.zeros(nr_pages, dtype=self.layout.refcount_dtype)
-        self.orders = np.zeros(nr_pages, dtype=self.layout.order_dtype)
+        self.refcounts = np.zeros(nr_pages, dtype=np.uint32)
+        self.orders = np.zeros(nr_pages, dtype=np.uint32)
         nodes = nr_pages + self.max_order + 1
         self.next = np.full(nodes, -1, dtype=np.int32)
         self.prev = np.full(nodes, -1, dtype=np.int32)
@@ -678,6 +676,18 @@ class HypPool:
         self._raise(
             pool_init(self.refcounts, self.orders, self.next, self.prev, self._resv, self.meta)
         )
+
+    def place(self, refcounts, orders, nxt, prv, resv, meta) -> None:
+        """Move the pool's state into the given arrays (views of a larger store, see
+        :class:`simulator.hyp.pools.PoolMemory`) and work on them from now on."""
+        refcounts[:] = self.refcounts
+        orders[:] = self.orders
+        nxt[:] = self.next
+        prv[:] = self.prev
+        resv[:] = self._resv
+        meta[:] = self.meta
+        self.refcounts, self.orders, self.next, self.prev = refcounts, orders, nxt, prv
+        self._resv, self.meta = resv, meta
 
     # ---- helpers ----------------------------------------------------------------------
 

@@ -114,6 +114,7 @@ M_INUSE = 3
 M_PEAK = 4
 M_ALLOCS = 5
 M_FREES = 6
+M_TOP = 7  # pool-backed memory: one past the highest row handed out (rows above never touched)
 META_SIZE = 8
 
 # ---- per-stage-2 statistics ------------------------------------------------------------
@@ -249,6 +250,20 @@ def _row_pa(row, base_pa, page_shift):
 @jit
 def _gshift(level, page_shift):
     return (page_shift - 3) * (4 - level) + 3
+
+
+@jit
+def tables_needed(addr, size, start_level, page_shift):
+    """An upper bound on the table pages a map of [addr, addr + size) can allocate: one per
+    table-level entry the range spans."""
+    if size <= 0:
+        return 0
+    last = addr + size - 1
+    need = 0
+    for level in range(start_level, 3):
+        s = _gshift(level, page_shift)
+        need += (last >> s) - (addr >> s) + 1
+    return need
 
 
 @jit
@@ -1006,15 +1021,7 @@ class Stage2:
 
     def _tables_needed(self, addr: int, size: int) -> int:
         """An upper bound on the table pages a map of [addr, addr + size) can allocate."""
-        g = self.geom
-        if size <= 0:
-            return 0
-        last = addr + size - 1
-        need = 0
-        for level in range(g.start_level, 3):
-            s = g.shift(level)
-            need += (last >> s) - (addr >> s) + 1
-        return need
+        return int(tables_needed(addr, size, self.geom.start_level, self.geom.page_shift))
 
     # -- operations ----------------------------------------------------------------------
     def map(self, ipa: int, size: int, phys: int, prot: int = D.PROT_RWX, *,

@@ -35,23 +35,23 @@ import simpy
 from simulator.arch import descriptors as D
 from simulator.arch.geometry import Geometry
 from simulator.config import ExperimentConfig, seconds, to_cycles
+from simulator.engine.machine import Counters, SimulationError
+from simulator.hyp.host import STATE_SHARED_BORROWED
 from simulator.mmu import PageTableMemory, Stage2, TLBHierarchy, TLBLevelSpec, WalkCache
 from simulator.mmu import pgtable as P
 from simulator.mmu.batch import (
     B_FAULT,
+    FETCH,
     FR_IPA,
     FR_KIND,
     FR_STATUS,
-    FETCH,
     K_CONFLICT,
     WRITE,
     VcpuMMU,
 )
-from simulator.engine.machine import Counters, SimulationError
 from simulator.mmu.walk import W_CONFLICT, W_PERMISSION
 from simulator.vms import Placement
 from tests.reference.dirtylog import dirty_log_agent, page_table_test_driver
-from simulator.hyp.host import STATE_SHARED_BORROWED
 from tests.reference.rebuild import rebuild_block
 from workloads.spec import PageTableTestSpec
 

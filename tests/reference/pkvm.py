@@ -13,14 +13,36 @@ checked against the ownership record (``isolation.violations`` must stay 0).
 
 from __future__ import annotations
 
-
 import numpy as np
 import simpy
 
+from simulator.arch import descriptors as D
 from simulator.arch.geometry import Geometry
 from simulator.config import ExperimentConfig, seconds, to_cycles
+from simulator.hyp.host import (
+    HOST_MEM_PROT,
+    HOST_MMIO_PROT,
+    OWNER_HOST,
+    OWNER_HYP,
+    HostPhys,
+    HostStage2,
+    IdmapResult,
+    Region,
+)
+from simulator.hyp.page_alloc import (
+    HypBugError,
+    HypPool,
+    host_s2_pgtable_pages,
+    hyp_s1_pgtable_pages,
+    vmemmap_bytes,
+    vmemmap_bytes_per_gib,
+)
+from simulator.hyp.pools import PoolMemory
+from simulator.mmu import pgtable as P
+from simulator.mmu.walk import W_PERMISSION
 from tests.reference.engine import (
     FIRST_GUEST_OWNER,
+    VM,
     Context,
     Counters,
     CpuSlot,
@@ -28,22 +50,78 @@ from tests.reference.engine import (
     Lock,
     Machine,
     SimulationError,
-    VM,
     acquire,
     cpu_event,
 )
-from simulator.hyp.host import OWNER_HOST, OWNER_HYP, HostPhys, HostStage2, Region
-from simulator.hyp.page_alloc import (
-    HypBugError,
-    HypPool,
-    hyp_s1_pgtable_pages,
-    host_s2_pgtable_pages,
-    vmemmap_bytes,
-    vmemmap_bytes_per_gib,
-)
-from simulator.hyp.pools import PoolMemory
-from simulator.mmu import pgtable as P
-from simulator.mmu.walk import W_PERMISSION
+
+
+class RefIdmap:
+    """host_stage2_idmap() written plainly in Python over the host's Stage2 (the engine runs
+    the compiled :func:`simulator.hyp.host.host_idmap_step`)."""
+
+    def __init__(self, hs2: HostStage2):
+        self.hs2 = hs2
+        self.enomem = 0
+        self.recycles = 0
+        self.mmio_at_first_enomem = -1
+        self.mmio_pages = 0
+
+    def adjust_range(self, addr: int, level: int, region: Region) -> tuple[int, int]:
+        g = self.hs2.geom
+        while True:
+            size = g.size(level)
+            start = addr & ~(size - 1)
+            end = start + size
+            level += 1
+            if level > 3:
+                break
+            if level >= g.min_block_level and start >= region.base and end <= region.end:
+                break
+        return start, end - start
+
+    def __call__(self, addr: int) -> IdmapResult:
+        hs2 = self.hs2
+        region = hs2.phys.region_of(addr)
+        if region is None:
+            return IdmapResult(-P.EPERM)
+        pte, level = hs2.s2.get_leaf(addr)
+        if pte & int(D.VALID):
+            return IdmapResult(-P.EAGAIN)
+        if pte:
+            return IdmapResult(-P.EPERM)
+        start, size = self.adjust_range(addr, level, region)
+        is_mem = region.type == "memory"
+        prot = HOST_MEM_PROT if is_mem else HOST_MMIO_PROT
+        res = IdmapResult(0, start, size)
+        pool = hs2.mem_pool if is_mem else hs2.dev_pool
+        hs2.ptmem.use(pool)
+        rep = hs2.s2.map(start, size, start, prot)
+        res.reports.append(rep)
+        if rep.ret == -P.ENOMEM:
+            self.enomem += 1
+            if self.mmio_at_first_enomem < 0:
+                self.mmio_at_first_enomem = self.mmio_pages
+            res.reports += self.unmap_dev_all()
+            res.recycled = True
+            hs2.ptmem.use(pool)
+            rep = hs2.s2.map(start, size, start, prot)
+            res.reports.append(rep)
+        res.ret = rep.ret
+        if rep.ret == 0 and not is_mem:
+            self.mmio_pages += size >> hs2.geom.page_shift
+        return res
+
+    def unmap_dev_all(self) -> list:
+        hs2 = self.hs2
+        self.recycles += 1
+        reps = []
+        prev = 0
+        for r in hs2.phys.memory + [Region(1 << hs2.geom.ipa_bits, 0, "memory")]:
+            if r.base > prev:
+                reps.append(hs2.s2.unmap(prev, r.base - prev))
+            prev = max(prev, r.end)
+        self.mmio_pages = 0
+        return reps
 
 
 class HostVM(VM):
@@ -55,6 +133,7 @@ class HostVM(VM):
         self.owner_id = OWNER_HOST
         self.prefix = "host."
         self.hs2 = hs2
+        self.idmap = RefIdmap(hs2)
         self.s2 = hs2.s2
         self.phys = phys
         self.geom = hs2.geom
@@ -90,7 +169,7 @@ class HostVM(VM):
             ctx.skip = True
         else:
             try:
-                res = self.hs2.idmap(addr)
+                res = self.idmap(addr)
             except HypBugError as e:
                 raise SimulationError("hyp.vmemmap_layout", str(e)) from None
             if res.ret == -P.EPERM:
@@ -424,9 +503,9 @@ class PkvmMachine(Machine):
             total[f"{name}.largest_free_order"] = pool.largest_free_order
             total[f"{name}.alloc_failures"] = pool.alloc_failures
             total[f"{name}.bugs"] = pool.bugs
-        total["host.s2_enomem"] = self.hs2.enomem
-        total["host.mmio_recycles"] = self.hs2.recycles
-        total["host.mmio_pages_at_first_enomem"] = self.hs2.mmio_at_first_enomem
+        total["host.s2_enomem"] = self.host.idmap.enomem
+        total["host.mmio_recycles"] = self.host.idmap.recycles
+        total["host.mmio_pages_at_first_enomem"] = self.host.idmap.mmio_at_first_enomem
         total["host.pgtable.pages_in_use"] = self.hs2.ptmem.pages_in_use
         total["guests.pgtable.pages_in_use"] = self.guest_ptmem.pages_in_use
         sim_cycles = int(self.env.now)

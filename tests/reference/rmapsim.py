@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING
 
 import simpy
 
-from tests.reference.engine import Counters, acquire
 from simulator.hyp.rmap import Rmap
+from tests.reference.engine import Counters, acquire
 
 if TYPE_CHECKING:
     from tests.reference.engine import Machine
