@@ -501,6 +501,23 @@ class ExperimentConfig(_Model):
                 raise ValueError("host.memory: regions overlap")
         if not any(r.type == "memory" for r in regions):
             raise ValueError("host.memory: no memory region")
+        w = self.host.mmio_windows
+        if w is not None:
+            page = geom.page_size
+            if w.size <= 0 or w.size % page or w.base % page or w.stride % page:
+                raise ValueError("host.mmio_windows: base, size and stride must be multiples "
+                                 f"of the {self.machine.granule} page (size positive)")
+            if w.count > 1 and w.stride < w.size:
+                raise ValueError("host.mmio_windows: stride smaller than size (windows "
+                                 "overlap)")
+            if w.base + (w.count - 1) * w.stride + w.size > 1 << self.machine.pa_bits:
+                raise ValueError("host.mmio_windows: beyond machine.pa_bits")
+            for r in regions:
+                # the first window ending after the region's base, if it starts before its end
+                i = max(0, -(-(r.base + 1 - w.base - w.size) // max(w.stride, 1)))
+                if i < w.count and w.base + i * w.stride < r.base + r.size:
+                    raise ValueError(f"host.mmio_windows: window {i} overlaps the host.memory "
+                                     f"region at {r.base:#x}")
         if self.host.address_space == "mmio" and self.host.workload is not None and not (
                 any(r.type == "mmio" for r in regions) or self.host.mmio_windows):
             raise ValueError("host.address_space: mmio, but there is no MMIO region")

@@ -57,6 +57,17 @@ CASES = [
     ("overlapping-memslots", with_("guest.memslots", [{"base": 0, "size": "1GiB"},
                                                       {"base": "512MiB", "size": "1GiB"}]),
      [], ["memslots", "overlap"]),
+    ("mmio-windows-overlap-memory", {
+        "name": "bad", "machine": {"granule": "4K", "ipa_bits": 40}, "hyp": {"mode": "pkvm"},
+        "host": {"cpus": 1, "memory": [{"base": "1GiB", "size": "1GiB", "type": "memory"}],
+                 "mmio_windows": {"base": "1020MiB", "count": 4, "size": "1MiB",
+                                  "stride": "2MiB"}}},
+     [], ["host.mmio_windows", "window 2", "overlaps"]),
+    ("mmio-windows-overlap-each-other", {
+        "name": "bad", "machine": {"granule": "4K", "ipa_bits": 40}, "hyp": {"mode": "pkvm"},
+        "host": {"cpus": 1, "memory": [{"base": "1GiB", "size": "1GiB", "type": "memory"}],
+                 "mmio_windows": {"base": "4GiB", "count": 4, "size": "8K", "stride": "4K"}}},
+     [], ["host.mmio_windows", "stride"]),
 ]
 
 

@@ -182,9 +182,8 @@ def test_guest_pages_alias_their_frames_before_the_drop():
         assert level == 3 and D.is_valid(pte)
         assert D.pte_to_phys(pte, 12) == base + (p % frames) * PAGE
         # the spte of guest page p is on the rmap of the frame that page maps
-        spte = m.rmap.spte_of[((1 << 20) >> 12) + p]
-        pfn = (base + (p % frames) * PAGE) >> 12
-        assert spte in rm.entries(m.rmap.frame_index[pfn])
+        spte = m.rmap.prmap.spte((1 << 20) + p * PAGE)
+        assert spte in rm.entries(m.rmap.prmap.frame_of_pa(base + (p % frames) * PAGE))
     env.run(until=drop)
     assert not rm.head.any()
     for p in range(frames * per_frame):

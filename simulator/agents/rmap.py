@@ -33,6 +33,7 @@ from __future__ import annotations
 import simpy
 
 from simulator.engine.machine import Counters, Machine
+from simulator.hyp.page_rmap import PageRmap
 from simulator.hyp.rmap import Rmap
 
 __all__ = ["RmapAgent"]
@@ -51,58 +52,31 @@ class RmapAgent:
         self.shift = vm.geom.page_shift
         self.page = vm.geom.page_size
         c = cfg.costs
+        lo = min(base for base, _ in vm.slots)
+        hi = max(base + size for base, size in vm.slots)
         pages = sum(size for _, size in vm.slots) >> self.shift
         w = cfg.workload
         self.shared = w if w is not None and w.type == "shared_frames" else None
         frames = self.shared.frames if self.shared is not None else pages
         self.rmap = Rmap(frames, cfg.hyp.rmap_ext, sptes=1024, descs=64, cost_touch=c.rmap_touch,
                          cost_free=c.rmap_desc_free, cost_clear=c.rmap_clear)
+        # the fault path's rmap_add() (compiled: simulator.hyp.page_rmap)
+        self.prmap = PageRmap(self.rmap, self.shift, (vm.pa_of(lo)) >> self.shift,
+                              (hi - lo) >> self.shift, lo >> self.shift, (hi - lo) >> self.shift)
         self.strategy = cfg.hyp.rmap_drop
         self.drop_by = self.shared.drop_by if self.shared is not None else "frame"
-        self.frame_index: dict[int, int] = {}  # host frame number -> rmap frame
-        self.spte_of: dict[int, int] = {}  # guest page (ipa >> shift) -> spte id
-        self.ipa_of: list[int] = [0]  # spte id -> ipa (id 0 is NULL)
         self.ctr = Counters()
-        self.max_entries = 0
         if self.shared is not None:
             # guest page p of the workload is backed by the frame of page p mod frames
             vm.alias_frames(self.shared.start, self.shared.pages, self.shared.frames)
-        vm.listen_maps(self)
+        vm.attach_rmap(self.prmap)
         self.done_events: list = []
 
-    # -- the fault path ----------------------------------------------------------------------
-    def on_map(self, vm, ctx, ipa: int, size: int) -> int:
-        """rmap_add() for the page leaf just installed at ``ipa``; returns its cycles."""
-        assert size == self.page, "the reverse map is modelled for page mappings only"
-        pfn = self.vm.pa_of(ipa) >> self.shift
-        frame = self.frame_index.get(pfn)
-        if frame is None:
-            frame = self.frame_index[pfn] = len(self.frame_index)
-        gpage = ipa >> self.shift
-        spte = len(self.ipa_of)
-        self.spte_of[gpage] = spte
-        self.ipa_of.append(ipa & ~(self.page - 1))
-        count = self.rmap.add(frame, spte)
-        self.max_entries = max(self.max_entries, count + 1)
-        last = self.rmap.last
-        self.ctr.add("rmap.entries_added")
-        self.ctr.add("rmap.desc_allocated", last["desc_allocated"])
-        self.ctr.add("rmap.add_cycles", last["cycles"])
-        return last["cycles"]
-
     # -- the drop phase ----------------------------------------------------------------------
-    def _unmap(self, ipa: int) -> int:
-        """The stage-2 side of dropping one spte: unmap the page, deliver its TLBIs; returns
+    def _unmap(self, ipas: list[int]) -> int:
+        """The stage-2 side of dropping sptes: unmap each page, deliver its TLBIs; returns
         the cycles."""
-        m = self.machine
-        rep = self.vm.s2.unmap(ipa, self.page)
-        m.apply_tlbis(self.vm.vmid, rep)
-        m.account_op(m.machine_ctr, rep)
-        return m.op_costs.cycles(rep)
-
-    def _frames_in_order(self) -> list[tuple[int, int]]:
-        """(host frame number, rmap frame) of every frame mapped, in host address order."""
-        return sorted(self.frame_index.items())
+        return self.machine.unmap_pages(self.vm, ipas)
 
     def start(self, vcpus_done: list) -> simpy.Process:
         """The drop phase: once every vCPU has finished, drop every mapping under the MMU
@@ -119,19 +93,20 @@ class RmapAgent:
         rmap = self.rmap
         before = rmap.counters()
         unmap_cycles = 0
+        prmap = self.prmap
         if self.drop_by == "frame":
-            for _, frame in self._frames_in_order():
-                ipas = [self.ipa_of[s] for s in rmap.entries(frame)]
+            for frame in prmap.frames_in_order():
+                ipas = [prmap.ipa(s) for s in rmap.entries(frame)]
                 cycles = rmap.drop_all(frame, self.strategy)["cycles"]
-                s2 = sum(self._unmap(ipa) for ipa in ipas)
+                s2 = self._unmap(ipas)
                 unmap_cycles += s2
                 yield env.timeout(cycles + s2)
         else:
-            for gpage in sorted(self.spte_of):
+            for gpage in prmap.mapped_pages().tolist():
                 ipa = gpage << self.shift
-                frame = self.frame_index[self.vm.pa_of(ipa) >> self.shift]
-                cycles = rmap.remove(frame, self.spte_of[gpage])["cycles"]
-                s2 = self._unmap(ipa)
+                frame = prmap.frame_of_pa(self.vm.pa_of(ipa))
+                cycles = rmap.remove(frame, prmap.spte(ipa))["cycles"]
+                s2 = self._unmap([ipa])
                 unmap_cycles += s2
                 yield env.timeout(cycles + s2)
         yield env.timeout(self.machine.cfg.costs.lock)
@@ -148,5 +123,5 @@ class RmapAgent:
         out = {f"rmap.{name}": 0 for name in (*DROP_COUNTERS, "entries_added", "desc_allocated",
                                                "add_cycles", "unmap_cycles", "drop_cycles")}
         out.update(self.ctr.c)
-        out["rmap.max_entries"] = self.max_entries
+        out.update(self.prmap.counters())
         return out

@@ -118,6 +118,7 @@ from simulator.mmu.pgtable import (
     OP_ATTR,
     OP_GET_LEAF,
     OP_MAP,
+    OP_UNMAP,
     R_CMO_BYTES,
     R_LEAF_LEVEL,
     R_RET,
@@ -492,3 +493,28 @@ def rebuild(c, v, now, pr, fp, vmt, prog, g, st, ec, tc, ht, hs, hc, win, tables
             st[c, S_STATE] = ST_RELEASE
             push(ht, hs, hc, g, now + pr[P_LOCK] + st[c, S_OPC] + acc, c)
             return True
+
+
+@jit
+def unmap_pages(ipas, v, pr, fp, vmt, g, tables, refcnt, free, meta, stat, rep, tlog, stk, key2,
+                off, sets, ways, sizes, wc_tag3, acc):
+    """kvm_pgtable_stage2_unmap() of each page at ``ipas`` of stage-2 ``v`` in turn, its
+    invalidations delivered to every CPU. Returns the cycles; ``acc`` (5 int64) gets the
+    TLBI instructions, table pages allocated and freed, cache-maintenance bytes and WARN()s."""
+    ps = pr[P_PAGE_SHIFT]
+    page = np.int64(1) << ps
+    total = 0
+    for k in range(ipas.shape[0]):
+        a = (ipas[k] >> ps) << ps
+        rep[:] = 0
+        pgtable_walk(OP_UNMAP, tables, refcnt, free, meta, vmt[v, V_TBASE], ps, vmt[v, V_ROOT],
+                     vmt[v, V_START_LEVEL], vmt[v, V_IA_BITS], U(a), U(a + page), U(0), U(0), 0,
+                     vmt[v, V_FLAGS], vmt[v, V_RULE], stat, rep, tlog, stk)
+        total += op_cycles(rep, pr, fp)
+        apply_tlbis(rep, tlog, vmt[v, V_VMID], ps, g, key2, off, sets, ways, sizes, wc_tag3)
+        acc[0] += rep[R_TLBI_IPA] + rep[R_TLBI_RANGE] + rep[R_TLBI_VMID]
+        acc[1] += rep[R_TABLES_ALLOCATED]
+        acc[2] += rep[R_TABLES_FREED]
+        acc[3] += rep[R_CMO_BYTES]
+        acc[4] += rep[R_WARN]
+    return total

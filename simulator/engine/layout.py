@@ -90,7 +90,7 @@ RET_ERROR = 4  # G_ERR says which
 # call-outs: work Python owns, done while the context waits at one instant
 CALL_REFILL = 1  # the context needs its next chunk of accesses
 CALL_GROW = 2  # page-table memory needs room before the next step
-CALL_RMAP_ADD = 3  # rmap_add() for the page leaf just installed at S_START (adds to S_OPC)
+CALL_RMAP_GROW = 3  # the reverse map needs room before rmap_add() (simulator.hyp.page_rmap)
 CALL_DONATE_ALLOC = 4  # find host memory for the guest's missing chunk at S_IPA: sets S_OPC
 CALL_DONATE = 5  # donate (or share) it under the host lock: sets S_OPC
 

@@ -8,8 +8,8 @@ waits again, and so on, until the next event lies at or after ``horizon`` (the t
 next SimPy event: agents run there), no context has an event, or Python must act:
 
 * a call-out (``RET_CALL``): work Python owns, done at one instant while the context waits
-  (its next chunk of accesses, growing page-table memory, rmap_add(), pKVM's donation of a
-  chunk); Python serves it and resumes the context;
+  (its next chunk of accesses, growing page-table memory or the reverse map, pKVM's
+  donation of a chunk); Python serves it and resumes the context;
 * signals (``RET_SIGNAL``): a lock granted to an agent, a context that has finished.
 
 The fault handler is user_mem_abort() as a cost model: exception entry, the handler's work
@@ -34,6 +34,7 @@ from simulator.engine.fault import (
     invalidate_cpu,
     map_fault,
     op_cycles,
+    pa_of,
     rebuild,
 )
 from simulator.engine.layout import (
@@ -41,7 +42,7 @@ from simulator.engine.layout import (
     CALL_DONATE_ALLOC,
     CALL_GROW,
     CALL_REFILL,
-    CALL_RMAP_ADD,
+    CALL_RMAP_GROW,
     E_ABORTS,
     E_CONFLICT,
     E_FAULT_CYCLES,
@@ -174,6 +175,7 @@ from simulator.hyp.host import (
     PH_START,
     host_idmap_step,
 )
+from simulator.hyp.page_rmap import rmap_add_leaf
 from simulator.hyp.pools import memcache_settle, memcache_topup
 from simulator.mmu.batch import B_FAULT, FR_IPA, FR_KIND, FR_STATUS, run_batch
 from simulator.mmu.pgtable import EAGAIN, ENOMEM, EPERM, M_HWM, M_NFREE, tables_needed
@@ -188,7 +190,7 @@ def advance(horizon, pr, fp, vmt, slots, chunks, block_levels, rbprog, g, st, ec
             hc, lk, lq, cs, cq, win, sig, addrs2, kinds2, mtables, mrefcnt, mfree, mmeta, stats,
             rep, tlog, stk, dirty, key2, stamp2, tpa2, tperm2, off, sets, ways, lat, sizes,
             serves, lay, wc_tag3, wc_row3, wc_stamp3, clock2, costs, ctr2, fault2, owner, loc,
-            hys, hw, hreg):
+            hys, hw, hreg, rm):
     """Run the contexts' events in order until one of the RET_* conditions.
 
     pr/fp: machine parameters; vmt: the stage-2s; slots (base, size) and chunks (donated
@@ -202,7 +204,8 @@ def advance(horizon, pr, fp, vmt, slots, chunks, block_levels, rbprog, g, st, ec
     costs: run_batch's cost slots; ctr2/fault2: each context's MMU counters and fault
     record; owner: the ownership record (pkvm; empty in kvm); loc: scratch (3 int64);
     hys: the table memories' hyp-pool stores (tuple; empty stores without pools); hw/hreg:
-    pKVM's host abort work area and regions (simulator.hyp.host)."""
+    pKVM's host abort work area and regions (simulator.hyp.host); rm: the reverse map of the
+    guest that keeps one (simulator.hyp.page_rmap; a dummy otherwise)."""
     ps = pr[P_PAGE_SHIFT]
     while True:
         if pr[P_GROW] != 0:
@@ -458,11 +461,16 @@ def advance(horizon, pr, fp, vmt, slots, chunks, block_levels, rbprog, g, st, ec
                         return _hyp_bug(c, bug, g)
                 continue
             if s == ST_MAPPED:
-                st[c, S_STATE] = ST_FAULT_END
                 if vmt[v, V_RMAP] != 0 and st[c, S_RET] == 0:
-                    g[G_CALL] = CALL_RMAP_ADD
-                    g[G_CALL_CTX] = c
-                    return RET_CALL
+                    # rmap_add() of the page leaf just installed, under the lock
+                    cyc = rmap_add_leaf(rm, pa_of(vmt, v, chunks, st[c, S_START], ps),
+                                        st[c, S_START])
+                    if cyc < 0:  # the reverse map's arrays are full: grow, then again
+                        g[G_CALL] = CALL_RMAP_GROW
+                        g[G_CALL_CTX] = c
+                        return RET_CALL
+                    st[c, S_OPC] += cyc
+                st[c, S_STATE] = ST_FAULT_END
                 continue
             if s == ST_FAULT_END:
                 st[c, S_STATE] = ST_RELEASE

@@ -14,9 +14,8 @@ An agent never names the engine's arrays. It uses:
 * :meth:`Machine.acquire` / :meth:`Machine.release`, the same FIFO locks the CPUs take;
 * :meth:`Machine.apply_tlbis` / :meth:`Machine.flush_vmid` to deliver invalidations to
   every CPU, :meth:`Machine.account_op` and :attr:`Machine.op_costs` to count and charge
-  a page-table operation;
-* hooks it may define: ``on_map(vm, ctx, ipa, size) -> cycles`` (a leaf a fault installed)
-  and ``counters() -> dict`` (its results).
+  a page-table operation, :meth:`Machine.unmap_pages` to unmap pages one by one (compiled);
+* a hook it may define: ``counters() -> dict`` (its results).
 """
 
 from __future__ import annotations
@@ -31,10 +30,11 @@ from simulator.arch import descriptors as D
 from simulator.config import ExperimentConfig
 from simulator.engine import layout as L
 from simulator.engine import sched as S
-from simulator.engine.fault import invalidate_all, op_cycles
+from simulator.engine.fault import invalidate_all, op_cycles, unmap_pages
 from simulator.engine.loop import advance
 from simulator.hyp.host import N_HW
 from simulator.hyp.page_alloc import HypBugError
+from simulator.hyp.page_rmap import empty_page_rmap
 from simulator.hyp.pools import empty_store
 from simulator.hyp.rebuild import program
 from simulator.mmu import TLBHierarchy, TLBLevelSpec, WalkCache
@@ -204,6 +204,7 @@ class Machine:
         self.hw = np.zeros(N_HW, dtype=np.int64)
         self.hreg = np.zeros((0, 3), dtype=np.int64)
         self._empty_store = empty_store()
+        self.rmap = None  # the reverse map of the guest that keeps one (PageRmap)
         self._frozen = False
         self._agent_events: dict[int, simpy.Event] = {}
         self._next_agent = 0
@@ -469,6 +470,29 @@ class Machine:
                        self.wc_tag)
         return int(g[L.G_TLBI_ENTRIES]) - before
 
+    def unmap_pages(self, vm, ipas: list[int]) -> int:
+        """Unmap the pages at ``ipas`` from ``vm``'s stage-2 one by one (compiled), each
+        operation's invalidations delivered and counted in the machine's counters; returns
+        the cycles. For a stage-2 whose table memory needs no top-up (kvm)."""
+        assert not int(self.vmt[vm.index, L.V_POOL]), "unmap_pages: not for pooled tables"
+        self._freeze_cpus()
+        mem = self.mems[int(self.vmt[vm.index, L.V_MEM])]
+        s2 = vm.s2
+        off, sets, ways, _, sizes, _ = self.tlb_geom
+        acc = np.zeros(5, dtype=np.int64)
+        cycles = unmap_pages(np.asarray(ipas, dtype=np.int64), vm.index, self.pr, self.fp,
+                             self.vmt, self.g, mem.tables, mem.refcnt, mem.free, mem.meta,
+                             self.stats[vm.index], s2._rep, s2._tlog, s2._stk, self.tlb_key,
+                             off, sets, ways, sizes, self.wc_tag, acc)
+        ctr = self.machine_ctr
+        for name, k in (("tlbi.ops", 0), ("pgtable.pages_allocated", 1),
+                        ("pgtable.pages_freed", 2), ("cmo.bytes", 3)):
+            ctr.add(name, int(acc[k]))
+        if acc[4]:
+            raise SimulationError("engine", f"page-table refcount inconsistency ({int(acc[4])} "
+                                  "kernel WARN()s)")
+        return int(cycles)
+
     def account_op(self, ctr: Counters, rep: P.OpReport) -> None:
         ctr.add("tlbi.ops", rep.tlbi_ops)
         ctr.add("pgtable.pages_allocated", rep.tables_allocated)
@@ -518,7 +542,8 @@ class Machine:
                        self.layout, self.wc_tag, self.wc_row, self.wc_stamp, self.clock,
                        self.costs, self.ctr2, self.fault2, self.owner, self.loc,
                        tuple(getattr(m, "hy", None) or self._empty_store for m in mems),
-                       self.hw, self.hreg)
+                       self.hw, self.hreg,
+                       self.rmap.arrays() if self.rmap is not None else empty_page_rmap())
 
     def _serve(self, call: int, c: int) -> None:
         """Serve a call-out for context ``c``; the context then resumes at once."""
@@ -532,10 +557,8 @@ class Machine:
         vm = ctx.vm
         if call == L.CALL_REFILL:
             self._refill(ctx)
-        elif call == L.CALL_RMAP_ADD:
-            start, size = int(st[c, L.S_START]), int(st[c, L.S_SIZE])
-            for agent in vm.map_listeners:
-                st[c, L.S_OPC] += agent.on_map(vm, ctx, start, size)
+        elif call == L.CALL_RMAP_GROW:
+            vm.rmap.grow()
         else:  # donation: the VM's Python side
             vm.callout(call, ctx)
         g[L.G_PENDING] = c

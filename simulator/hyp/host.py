@@ -267,7 +267,8 @@ def host_idmap_step(hw, hreg, tables, refcnt, free, meta, stat, rep, tlog, stk, 
     result is HW_RET (0, -EAGAIN: already mapped, -EPERM: not the host's), the window
     HW_START/HW_SIZE, a pool BUG in HW_BUG.
 
-    * find the region of the address (none: -EPERM);
+    * find the region of the address (none: -EPERM; the kernel maps any address outside
+      memory as MMIO, the model only its configured MMIO regions);
     * kvm_pgtable_get_leaf(): a valid entry is -EAGAIN, a non-zero invalid one (an owner
       annotation) -EPERM;
     * host_stage2_adjust_range(): grow the window level by level from the empty entry's
@@ -275,7 +276,7 @@ def host_idmap_step(hw, hreg, tables, refcnt, free, meta, stat, rep, tlog, stk, 
     * map it (RWX memory, RW + XN device memory) from the region's pool; on -ENOMEM
       host_stage2_try() unmaps everything that is not memory (host_stage2_unmap_dev_all(),
       one gap per step) and maps once more.
-    hreg: the regions (RG_* columns), in address order.
+    hreg: the regions (RG_* columns), in address order, disjoint.
     """
     phase = hw[HW_PHASE]
     ps = hw[HW_PAGE_SHIFT]
@@ -286,12 +287,17 @@ def host_idmap_step(hw, hreg, tables, refcnt, free, meta, stat, rep, tlog, stk, 
         hw[HW_RECYCLED] = 0
         hw[HW_START] = 0
         hw[HW_SIZE] = 0
-        k = -1
-        for i in range(hreg.shape[0]):
-            if hreg[i, RG_BASE] <= addr < hreg[i, RG_END]:
-                k = i
-                break
-        if k < 0:
+        # find_mem_range(): a binary search of the regions (sorted, disjoint)
+        lo = 0
+        hi = hreg.shape[0]
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if hreg[mid, RG_BASE] <= addr:
+                lo = mid + 1
+            else:
+                hi = mid
+        k = lo - 1
+        if k < 0 or addr >= hreg[k, RG_END]:
             hw[HW_RET] = -EPERM
             hw[HW_PHASE] = PH_DONE
             return 0

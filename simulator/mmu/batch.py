@@ -17,13 +17,11 @@ of the same three functions, and they are what tests/test_tlb.py and tests/test_
 hold to the pure-Python references (tests/naive.py); tests/test_batch.py holds run_batch
 itself to naive.RefVcpu on random streams covering every path of the loop around them.
 
-run_batch is compiled without numba's reference counting (``_nrt=False``): inlined
-functions bind their array arguments to new variables, and numba counts references to each
-such binding (an atomic increment and decrement per array, per call, per access) wherever its
-pruning pass gives up, which in a function of this size is everywhere. Without NRT nothing
-is counted; the price is that run_batch may not allocate (it does not), nor may anything it
-calls without inlining (numba compiles such callees with the caller's setting unless they
-set their own). Arrays are indexed with unsigned integers in the hot loops (no
+Like every kernel (:mod:`simulator._jit`), run_batch is compiled without numba's reference
+counting: inlined functions bind their array arguments to new variables, and numba would
+count references to each such binding (an atomic increment and decrement per array, per
+call, per access) wherever its pruning pass gives up, which in a function of this size is
+everywhere. Arrays are indexed with unsigned integers in the hot loops (no
 negative-index wrap-around code), and a walk prefetches the last-level descriptor of the
 access PREFETCH_AHEAD places ahead (host performance only: nothing simulated changes).
 """
@@ -108,7 +106,7 @@ B_FAULT = 1
 batch_layout = tlb_layout
 
 
-@jit(_nrt=False)
+@jit
 def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shift, root_row,
               start_level, ia_bits, key, stamp, tpa, tperm, off, sets, ways, lat, sizes, serves,
               lay, wc_tag, wc_row, wc_stamp, clock, costs, ctr, fault, owner, owner_base, me):

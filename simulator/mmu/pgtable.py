@@ -273,8 +273,9 @@ def free_subtree(
     """kvm_pgtable_stage2_free_unlinked(): free the detached table page ``top`` (whose
     entries are at ``top_level``) and everything below it, with stage2_free_walker's puts."""
     entries = 1 << (page_shift - 3)
-    srow = np.empty(4, np.int64)
-    sidx = np.empty(4, np.int64)
+    # the stack of (row, index) descended through, at most 3 deep (top_level >= 0), in
+    # scalars: the engine's kernels allocate nothing (they run without reference counting)
+    r0 = r1 = r2 = i0 = i1 = i2 = np.int64(0)
     d = 0
     row = top
     lvl = top_level
@@ -286,8 +287,12 @@ def free_subtree(
             child = row
             d -= 1
             lvl -= 1
-            row = np.int64(srow[d])
-            idx = np.int64(sidx[d])
+            if d == 0:
+                row, idx = r0, i0
+            elif d == 1:
+                row, idx = r1, i1
+            else:
+                row, idx = r2, i2
             # TABLE_POST on the entry pointing at the finished child
             if is_counted(tables[row, idx], lvl, rule):
                 pt_put(row, refcnt, free, meta, rep)
@@ -297,8 +302,12 @@ def free_subtree(
         pte = tables[row, idx]
         rep[R_VISITS] += 1
         if lvl < 3 and (pte & (VALID | TYPE)) == (VALID | TYPE):
-            srow[d] = row
-            sidx[d] = idx
+            if d == 0:
+                r0, i0 = row, np.int64(idx)
+            elif d == 1:
+                r1, i1 = row, np.int64(idx)
+            else:
+                r2, i2 = row, np.int64(idx)
             d += 1
             row = _row_of(pte, base_pa, page_shift)
             lvl += 1

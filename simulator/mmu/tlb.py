@@ -57,7 +57,7 @@ L_FIRST_SHIFT = L_FIRST_LV + 2  # [cls]: that level's first-probed shift
 N_LAYOUT = L_FIRST_SHIFT + 2
 
 
-@jit
+@jit(_nrt=True)  # returns a new array: setup only, never called from a kernel
 def tlb_layout(sets, sizes, serves, page_shift):
     """The layout of a hierarchy (``L_*`` slots): per level the shifts a lookup probes and
     its set mask, per level and leaf size the size an entry is stored at (splintering), per
@@ -171,7 +171,7 @@ def tlb_insert(lv, ipa, vtag, shift, pa, perm, key, stamp, tpa, tperm, off, sets
     return victim
 
 
-@jit
+@jit(_nrt=True)  # the tests' wrapper: builds the layout
 def tlb_lookup(level, ipa, vmid, key, stamp, off, sets, ways, sizes, page_shift, now):
     """Probe TLB level ``level`` for ``ipa``: :func:`tlb_probe` on the hierarchy's layout.
     Returns the entry index or -1.
@@ -184,7 +184,7 @@ def tlb_lookup(level, ipa, vmid, key, stamp, off, sets, ways, sizes, page_shift,
     return e
 
 
-@jit
+@jit(_nrt=True)  # the tests' wrapper: builds the layout
 def tlb_fill(level, ipa, vmid, shift, pa, perm, key, stamp, tpa, tperm, off, sets, ways, sizes,
              page_shift, now):
     """Insert the translation of ``ipa`` (a leaf of ``2**shift`` bytes at output ``pa``) into
