@@ -266,16 +266,11 @@ class HostVM:
     def placement(self, addrs: np.ndarray, kinds: np.ndarray, ctx):
         """Host workload addresses are offsets into host memory (then MMIO); the host kernel
         touches only what it owns unless host.respect_ownership is false."""
-        pa = self.phys.to_pa(addrs, self.machine.cfg.host.address_space)
-        if not self.machine.cfg.host.respect_ownership:
-            return pa, kinds
-        pages = ((pa - np.uint64(self.phys.lo)) >> np.uint64(self.geom.page_shift)).astype(np.int64)
-        inside = (pa >= np.uint64(self.phys.lo)) & (pa < np.uint64(self.phys.hi))
-        keep = ~inside | self.phys.host_may_access(np.where(inside, pages, 0))
-        dropped = int(len(keep) - np.count_nonzero(keep))
+        host = self.machine.cfg.host
+        pa, kinds, dropped = self.phys.place(addrs, kinds, host.address_space,
+                                             host.respect_ownership)
         if dropped:
             ctx.ctr.add("skipped_accesses", dropped)
-            return np.ascontiguousarray(pa[keep]), np.ascontiguousarray(kinds[keep])
         return pa, kinds
 
 

@@ -154,27 +154,54 @@ class HostPhys:
         self.owner[a:a + (size >> self.page_shift)] = SHARED | borrower
         self.reserved.pop(a, None)
 
-    def host_may_access(self, pages: np.ndarray) -> np.ndarray:
-        """Pages the host owns, shared or not."""
-        o = self.owner[pages]
-        return (o == OWNER_HOST) | ((o & SHARED) != 0) & (o != OWNER_NONE)
-
     def give_back(self, pa: int, size: int) -> None:
         """Pages reclaimed by the host are the host's (and donatable) again."""
         a = self.page(pa)
         self.owner[a:a + (size >> self.page_shift)] = OWNER_HOST
 
-    def to_pa(self, offsets: np.ndarray, space: str = "memory") -> np.ndarray:
+    def place(self, addrs: np.ndarray, kinds: np.ndarray, space: str,
+              respect_ownership: bool) -> tuple[np.ndarray, np.ndarray, int]:
         """Host workload addresses (offsets into the memory regions, or the MMIO regions, in
-        address order, wrapping) to physical addresses."""
+        address order, wrapping) to physical addresses; with ``respect_ownership`` the
+        accesses to memory the host neither owns nor shares are dropped. Returns the
+        addresses, their kinds and how many were dropped."""
         order = self.memory if space == "memory" else self.mmio
         sizes = np.array([r.size for r in order], dtype=np.uint64)
         ends = np.cumsum(sizes)
         bases = np.array([r.base for r in order], dtype=np.uint64)
-        starts = ends - sizes
-        offsets = offsets % ends[-1]
-        k = np.searchsorted(ends, offsets, side="right")
-        return bases[k] + (offsets - starts[k])
+        out_a = np.empty(len(addrs), dtype=np.uint64)
+        out_k = np.empty(len(kinds), dtype=np.uint8)
+        n = int(host_place(addrs, kinds, ends - sizes, ends, bases, self.owner, U(self.lo),
+                           U(self.hi), U(self.page_shift), respect_ownership, out_a, out_k))
+        return out_a[:n], out_k[:n], len(addrs) - n
+
+
+@jit
+def host_place(addrs, kinds, starts, ends, bases, owner, lo, hi, shift, respect, out_a, out_k):
+    """HostPhys.place(): each offset to the region it falls in (a binary search of ``ends``),
+    kept unless ``respect`` and the page is memory the host neither owns nor shares. Writes
+    the kept accesses to ``out_a``/``out_k``; returns how many."""
+    total = ends[ends.shape[0] - 1]
+    n = 0
+    for i in range(addrs.shape[0]):
+        o = addrs[i] % total
+        a = 0
+        b = ends.shape[0]
+        while a < b:  # the first region whose end is above o
+            mid = (a + b) >> 1
+            if ends[mid] <= o:
+                a = mid + 1
+            else:
+                b = mid
+        pa = bases[a] + (o - starts[a])
+        if respect and lo <= pa < hi:
+            w = owner[np.int64((pa - lo) >> shift)]
+            if not (w == OWNER_HOST or ((w & SHARED) != 0 and w != OWNER_NONE)):
+                continue
+        out_a[n] = pa
+        out_k[n] = kinds[i]
+        n += 1
+    return n
 
 
 @dataclass

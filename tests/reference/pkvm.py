@@ -24,6 +24,8 @@ from simulator.hyp.host import (
     HOST_MMIO_PROT,
     OWNER_HOST,
     OWNER_HYP,
+    OWNER_NONE,
+    SHARED,
     HostPhys,
     HostStage2,
     IdmapResult,
@@ -143,12 +145,21 @@ class HostVM(VM):
     def placement(self, addrs: np.ndarray, kinds: np.ndarray, ctx: Context):
         """Host workload addresses are offsets into host memory (then MMIO); the host kernel
         touches only what it owns unless host.respect_ownership is false."""
-        pa = self.phys.to_pa(addrs, self.machine.cfg.host.address_space)
+        phys = self.phys
+        order = phys.memory if self.machine.cfg.host.address_space == "memory" else phys.mmio
+        sizes = np.array([r.size for r in order], dtype=np.uint64)
+        ends = np.cumsum(sizes)
+        bases = np.array([r.base for r in order], dtype=np.uint64)
+        offsets = addrs % ends[-1]
+        k = np.searchsorted(ends, offsets, side="right")
+        pa = bases[k] + (offsets - (ends - sizes)[k])
         if not self.machine.cfg.host.respect_ownership:
             return pa, kinds
-        pages = ((pa - np.uint64(self.phys.lo)) >> np.uint64(self.geom.page_shift)).astype(np.int64)
-        inside = (pa >= np.uint64(self.phys.lo)) & (pa < np.uint64(self.phys.hi))
-        keep = ~inside | self.phys.host_may_access(np.where(inside, pages, 0))
+        pages = ((pa - np.uint64(phys.lo)) >> np.uint64(self.geom.page_shift)).astype(np.int64)
+        inside = (pa >= np.uint64(phys.lo)) & (pa < np.uint64(phys.hi))
+        o = phys.owner[np.where(inside, pages, 0)]
+        may = (o == OWNER_HOST) | ((o & SHARED) != 0) & (o != OWNER_NONE)  # shared or owned
+        keep = ~inside | may
         dropped = int(len(keep) - np.count_nonzero(keep))
         if dropped:
             ctx.ctr.add("skipped_accesses", dropped)
