@@ -12,10 +12,10 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from simulator import analysis
+from simulator import results as rs
 from simulator.config import ConfigError, Experiment
 from simulator.experiment import SimulationError, run_config
-from simulator.report import print_summary, write_results
+from simulator.results.report import print_summary, write_results
 from workloads.errors import TraceError, WorkloadError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -130,17 +130,17 @@ def _counters_opt(values: list[str] | None) -> list[str] | None:
 
 def _print_compare(loaded, names, plot_path) -> None:
     console = Console(width=max(100, Console().width))
-    for cols in analysis.columns_for(loaded):
+    for cols in rs.columns_for(loaded):
         title = loaded[0][1].get("name", "results") if len(loaded) == 1 else \
             f"A = {loaded[0][0]}, B = {loaded[1][0]}"
-        console.print(analysis.compare_table(cols, names, title))
+        console.print(rs.compare_table(cols, names, title))
     if plot_path is not None:
-        cols = analysis.columns_for(loaded)
+        cols = rs.columns_for(loaded)
         flat = [c for group in cols for c in group]
         if not flat:
             fail("compare: no variant to plot")
         try:
-            analysis.plot(flat, names, plot_path, loaded[0][1].get("name", ""))
+            rs.plot(flat, names, plot_path, loaded[0][1].get("name", ""))
         except OSError as e:
             fail(f"{plot_path}: cannot write the plot: {e.strerror or e}")
         typer.echo(f"plot in {plot_path}")
@@ -161,7 +161,7 @@ def compare(
     point and variant, and a figure of each value against the swept key."""
     if not 1 <= len(results) <= 2:
         fail("compare: give one or two results files")
-    if any(analysis.is_sweep(p) for p in results):
+    if any(rs.is_sweep(p) for p in results):
         if len(results) != 1:
             fail("compare: give one sweep (its directory or results.jsonl) alone")
         _compare_sweep(results[0], _counters_opt(counters), plot)
@@ -169,27 +169,27 @@ def compare(
     loaded = []
     for p in results:
         try:
-            loaded.append((str(p), analysis.load_results(p)))
-        except analysis.ResultsError as e:
+            loaded.append((str(p), rs.load_results(p)))
+        except rs.ResultsError as e:
             fail(str(e))
-    if len(loaded) == 2 and not analysis.columns_for(loaded):
+    if len(loaded) == 2 and not rs.columns_for(loaded):
         fail(f"{results[1]}: variants: no variant name in common with {results[0]}")
     _print_compare(loaded, _counters_opt(counters), plot)
 
 
 def _compare_sweep(path: Path, names: list[str] | None, plot_path: Path | None) -> None:
     try:
-        keys, records = analysis.load_sweep(path)
-    except analysis.ResultsError as e:
+        keys, records = rs.load_sweep(path)
+    except rs.ResultsError as e:
         fail(str(e))
     title = records[0].get("config", {}).get("name", str(path))
-    table = analysis.sweep_table(keys, records, names, title)
+    table = rs.sweep_table(keys, records, names, title)
     wide = sum(max(len(str(c.header)), 10) + 3 for c in table.columns) + 1
     Console(width=max(100, Console().width, wide)).print(table)
     if plot_path is not None:
         try:
-            analysis.plot_sweep(keys, records, names, plot_path, title)
-        except analysis.ResultsError as e:
+            rs.plot_sweep(keys, records, names, plot_path, title)
+        except rs.ResultsError as e:
             fail(f"{path}: {e.message}")
         except OSError as e:
             fail(f"{plot_path}: cannot write the plot: {e.strerror or e}")
@@ -208,27 +208,28 @@ def check(
     """Exit 1 (with a table) if a count differs at all or a cycle/time figure by more than
     RTOL from the baseline; exit 0 otherwise."""
     try:
-        res = analysis.load_results(results)
-    except analysis.ResultsError as e:
+        res = rs.load_results(results)
+    except rs.ResultsError as e:
         fail(str(e))
     if update:
-        from simulator.report import atomic_write_files
         import json
 
+        from simulator.results.report import atomic_write_files
+
         atomic_write_files(baseline.parent if str(baseline.parent) else Path("."),
-                           {baseline.name: json.dumps(analysis.baseline_of(res), indent=1)
+                           {baseline.name: json.dumps(rs.baseline_of(res), indent=1)
                             + "\n"})
         typer.echo(f"baseline {baseline} updated")
         return
     try:
-        base = analysis.load_results(baseline)
-    except analysis.ResultsError as e:
+        base = rs.load_results(baseline)
+    except rs.ResultsError as e:
         fail(str(e))
     if rtol < 0:
         fail("--rtol: must be >= 0")
-    diffs = analysis.check(res, base, rtol)
+    diffs = rs.check(res, base, rtol)
     if diffs:
-        Console(width=max(100, Console().width)).print(analysis.diff_table(diffs, rtol))
+        Console(width=max(100, Console().width)).print(rs.diff_table(diffs, rtol))
         raise typer.Exit(1)
     typer.echo(f"{results}: matches {baseline} (counts exact, cycles within {rtol:.1%})")
 

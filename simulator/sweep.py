@@ -248,7 +248,7 @@ def aggregate_rows(exp: Experiment, records: list[dict]) -> tuple[list[str], lis
 
 def write_aggregate(out: Path, exp: Experiment, records: list[dict]) -> None:
     """``sweep.csv`` (and ``sweep.parquet`` when pyarrow is installed), in task order."""
-    from simulator.report import atomic_write_files
+    from simulator.results.report import atomic_write_files
 
     header, rows = aggregate_rows(exp, records)
     buf = io.StringIO()

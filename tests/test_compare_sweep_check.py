@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from simulator.analysis import check, load_results, metrics
+from simulator.results import check, load_results, metrics
 from simulator.config import Experiment
 from simulator.sweep import derive_seed, expand, read_done, run_sweep
 
@@ -283,7 +283,7 @@ def test_sweep_skips_invalid_points_only_when_asked(tmp_path):
 
 
 def test_pkvm_results_compare_on_the_host_scope_and_name_guest_metrics():
-    from simulator.analysis import metrics, values
+    from simulator.results import metrics, values
 
     v = {"sim_seconds": 1.0, "sim_cycles": 100, "counters": {
         "host.accesses": 1000, "host.tlb.l1.misses": 100, "host.tlb.l2.misses": 10,
