@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 import workloads_bench as wb
 
 REPO = Path(__file__).resolve().parent.parent
@@ -89,7 +88,7 @@ def run_c(binary: Path, trace: Path) -> dict:
 def build_stage2(max_addr: int):
     """A 4K/48-bit stage-2 identity mapped with pages over [0, last page of max_addr]."""
     from simulator.arch import Geometry
-    from simulator.mmu import PageTableMemory, Stage2
+    from simulator.hyp.pgtable import PageTableMemory, Stage2
 
     geom = Geometry(PAGE_SHIFT, IPA_BITS)
     if geom.levels != 4:

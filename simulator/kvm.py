@@ -7,9 +7,9 @@ from simulator.agents.page_table_test import PageTableTestDriver
 from simulator.agents.rmap import RmapAgent
 from simulator.config import ExperimentConfig, seconds
 from simulator.engine.machine import Machine
+from simulator.hyp import pgtable as P
+from simulator.hyp.pgtable import PageTableMemory
 from simulator.vms import GuestVM
-from simulator.mmu import PageTableMemory
-from simulator.mmu import pgtable as P
 from workloads.spec import PageTableTestSpec
 
 # Table pages of kvm mode live in their own physical region, far above guest memory.

@@ -14,7 +14,7 @@ from simulator.arch.geometry import Geometry
 from simulator.engine import layout as L
 from simulator.engine.machine import Counters, Machine, SimulationError
 from simulator.hyp.host import OWNER_HOST, STATE_SHARED_BORROWED, HostPhys, HostStage2
-from simulator.mmu import Stage2
+from simulator.hyp.pgtable import Stage2
 from workloads.units import parse_size
 
 

@@ -1,6 +1,6 @@
 """Shared fixtures for the simulator.arch / simulator.mmu tests.
 
-The ``stage2_pair`` fixture drives a numba :class:`~simulator.mmu.pgtable.Stage2` and the
+The ``stage2_pair`` fixture drives a numba :class:`~simulator.hyp.pgtable.Stage2` and the
 pure-Python reference (tests/naive.py) in lockstep and compares them after every operation;
 ``tlb_pair`` and ``vcpu_pair`` do the same for the TLB hierarchy and the batch kernel.
 
@@ -10,16 +10,16 @@ that other test modules keep their own defaults): ``@settings(settings.get_profi
 
 from __future__ import annotations
 
+import naive as N
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
-import naive as N
 from simulator.arch import descriptors as D
 from simulator.arch.geometry import Geometry
-from simulator.mmu import pgtable as P
+from simulator.hyp import pgtable as P
+from simulator.hyp.pgtable import PageTableMemory, Stage2
 from simulator.mmu.batch import VcpuMMU
-from simulator.mmu.pgtable import PageTableMemory, Stage2
 from simulator.mmu.tlb import INVALID, TLBHierarchy, TLBLevelSpec, tlb_fill, tlb_lookup
 from simulator.mmu.walk import WalkCache
 

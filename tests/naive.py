@@ -6,7 +6,7 @@ kernel recurses, ``OrderedDict`` LRUs), and the property tests compare the two.
 
 The stage-2 model is written from the kernel's semantics, Linux 6.12
 ``arch/arm64/kvm/hyp/pgtable.c`` and ``arch/arm64/include/asm/kvm_pgtable.h``, independently of
-``simulator.mmu.pgtable``: ``kvm_pgtable_walk`` / ``__kvm_pgtable_walk`` / ``__kvm_pgtable_visit``
+``simulator.hyp.pgtable``: ``kvm_pgtable_walk`` / ``__kvm_pgtable_walk`` / ``__kvm_pgtable_visit``
 are transcribed as three recursive methods, and every visitor (``stage2_map_walker``,
 ``stage2_unmap_walker``, ``stage2_split_walker``, ``stage2_free_walker``, ``stage2_attr_walker``,
 ``leaf_walker``) as a callback with the kernel's ``ctx``. Nothing here imports the simulator.

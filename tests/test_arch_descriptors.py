@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import naive as N
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import naive as N
 from simulator.arch import descriptors as D
 from simulator.arch.descriptors import DescriptorError, decode
 

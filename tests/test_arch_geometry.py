@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import naive as N
 import pytest
 
-import naive as N
 from simulator.arch.geometry import GRANULES, Geometry, GeometryError, format_size
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40

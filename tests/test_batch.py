@@ -19,18 +19,18 @@ that stop anywhere, TLB and walk-cache invalidations (and stale entries left on 
 
 from __future__ import annotations
 
+import naive as N
 import numpy as np
 import pytest
+from conftest import tlb_contents, wc_contents
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-import naive as N
-from conftest import tlb_contents, wc_contents
 from simulator.arch import descriptors as D
 from simulator.arch.geometry import Geometry
+from simulator.hyp.pgtable import PageTableMemory, Stage2
 from simulator.mmu import batch as B
 from simulator.mmu.batch import FETCH, READ, WRITE, VcpuMMU
-from simulator.mmu.pgtable import PageTableMemory, Stage2
 from simulator.mmu.tlb import TLBHierarchy, TLBLevelSpec
 from simulator.mmu.walk import W_ACCESS_FLAG, W_CONFLICT, W_PERMISSION, W_TRANSLATION, WalkCache
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from cfgutil import apply_overrides
+
 from simulator.config import Experiment
 from simulator.experiment import run_config
 

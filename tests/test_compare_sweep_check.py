@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from simulator.results import check, load_results, metrics
 from simulator.config import Experiment
+from simulator.results import check, load_results, metrics
 from simulator.sweep import derive_seed, expand, read_done, run_sweep
 
 KNOWN = {

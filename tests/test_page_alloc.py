@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from naive_buddy import NaiveBuddy
+
 from simulator.hyp import page_alloc as PA
 from simulator.hyp.page_alloc import (
     MAX_PAGE_ORDER,

@@ -1,4 +1,4 @@
-"""simulator.mmu.pgtable: the kernel's stage-2 walker against the reference of tests/naive.py.
+"""simulator.hyp.pgtable: the kernel's stage-2 walker against the reference of tests/naive.py.
 
 Property tests drive random sequences of map / set_owner / unmap / split / get_leaf through the
 numba Stage2 and naive.RefStage2 (written from Linux 6.12 pgtable.c) and compare, after every
@@ -9,15 +9,15 @@ module's ``stage2_pair``); hand-checkable tests pin the kernel's behaviour with 
 
 from __future__ import annotations
 
+import naive as N
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import naive as N
 from simulator.arch import descriptors as D
 from simulator.arch.geometry import Geometry
-from simulator.mmu import pgtable as P
-from simulator.mmu.pgtable import PageTableMemory, Stage2
+from simulator.hyp import pgtable as P
+from simulator.hyp.pgtable import PageTableMemory, Stage2
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 PAGE = 4 * KiB
@@ -376,7 +376,7 @@ def test_under_the_read_lock_a_software_bits_change_breaks_and_makes():
     only (``!kvm_pgtable_walk_shared(ctx)``); a shared walk breaks the entry, invalidates
     the IPA and makes the new leaf."""
     from simulator.arch.geometry import Geometry
-    from simulator.mmu import PageTableMemory, Stage2
+    from simulator.hyp.pgtable import PageTableMemory, Stage2
 
     reports = {}
     for shared in (False, True):

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from cfgutil import apply_overrides
+
 from simulator.arch import descriptors as D
 from simulator.arch.geometry import Geometry
 from simulator.config import ConfigError, Experiment
 from simulator.experiment import run_config
-from simulator.pkvm import PkvmExperiment
 from simulator.hyp.host import (
     OWNER_HOST,
     SHARED,
@@ -21,6 +20,7 @@ from simulator.hyp.host import (
     HostStage2,
     Region,
 )
+from simulator.pkvm import PkvmExperiment
 
 GIB = 1 << 30
 MIB = 1 << 20

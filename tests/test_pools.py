@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from simulator.hyp.page_alloc import HypPool
+from simulator.hyp.pgtable import M_NFREE, M_TOP
 from simulator.hyp.pools import PoolMemory
-from simulator.mmu.pgtable import M_NFREE, M_TOP
 
 BASE = 1 << 30
 PS = 12

@@ -6,18 +6,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import yaml
-
 from cfgutil import apply_overrides
+
 from simulator.arch import descriptors as D
+from simulator.arch.geometry import Geometry
 from simulator.config import Experiment
 from simulator.experiment import run_config
+from simulator.hyp import pgtable as P
+from simulator.hyp.pgtable import PageTableMemory, Stage2
 from simulator.kvm import KvmExperiment
-from simulator.mmu import pgtable as P
 from simulator.mmu.batch import B_FAULT, FR_STATUS, READ, VcpuMMU
-from simulator.mmu.pgtable import PageTableMemory, Stage2
 from simulator.mmu.tlb import TLBHierarchy, TLBLevelSpec
 from simulator.mmu.walk import W_CONFLICT, WalkCache
-from simulator.arch.geometry import Geometry
 from workloads.stream import Stream
 
 PAGE = 4096

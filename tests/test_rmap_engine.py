@@ -8,14 +8,14 @@ import math
 
 import pytest
 import simpy
-
 from cfgutil import apply_overrides
+
 from simulator.arch import descriptors as D
 from simulator.config import ConfigError, validate
 from simulator.experiment import run_config
-from simulator.kvm import KvmExperiment
 from simulator.hyp import rmap as R
-from simulator.mmu.pgtable import translate
+from simulator.hyp.pgtable import translate
+from simulator.kvm import KvmExperiment
 from workloads import WorkloadError
 
 PAGE = 4096

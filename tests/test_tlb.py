@@ -8,11 +8,11 @@ an invalidation removes the entries of a VMID (or all) that overlap a range (or 
 
 from __future__ import annotations
 
+import naive as N
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import naive as N
 from simulator.mmu.tlb import TLBHierarchy, TLBLevelSpec
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30

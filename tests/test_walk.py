@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import naive as N
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import naive as N
 from simulator.arch import descriptors as D
 from simulator.arch.geometry import Geometry
-from simulator.mmu.pgtable import PageTableMemory, Stage2, translate
+from simulator.hyp.pgtable import PageTableMemory, Stage2, translate
 from simulator.mmu.walk import (
     W_ACCESS_FLAG,
     W_OK,

@@ -10,8 +10,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workloads import (READ, WRITE, PhasesSpec, SequentialSpec, StrideSpec, UniformSpec,
-                       WorkloadError, ZipfSpec, parse_workload)
+from workloads import (
+    READ,
+    WRITE,
+    PhasesSpec,
+    SequentialSpec,
+    StrideSpec,
+    UniformSpec,
+    WorkloadError,
+    ZipfSpec,
+    parse_workload,
+)
 from workloads.generators import FeistelPermutation, lattice_positions, zipf_ranks
 from workloads.spec import phase_seed, vcpu_rngs
 

@@ -10,9 +10,24 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from workloads import (DrMemTraceSpec, LackeySpec, NpySpec, PhasesSpec, SequentialSpec, Size,
-                       StrideSpec, TraceError, UniformSpec, WorkloadError, WorkloadSpec, ZipfSpec,
-                       format_size, parse_size, parse_workload, resolve_paths)
+from workloads import (
+    DrMemTraceSpec,
+    LackeySpec,
+    NpySpec,
+    PhasesSpec,
+    SequentialSpec,
+    Size,
+    StrideSpec,
+    TraceError,
+    UniformSpec,
+    WorkloadError,
+    WorkloadSpec,
+    ZipfSpec,
+    format_size,
+    parse_size,
+    parse_workload,
+    resolve_paths,
+)
 
 HINT = "expected a size like 4K, 2MiB, 20GiB"
 

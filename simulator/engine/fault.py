@@ -93,24 +93,9 @@ from simulator.engine.layout import (
 from simulator.engine.sched import (
     push,
 )
+from simulator.hyp import pgtable as P
 from simulator.hyp.host import STATE_SHARED_BORROWED
-from simulator.hyp.rebuild import (
-    RB_BREAK,
-    RB_BREAK_VMID,
-    RB_CMO,
-    RB_FLUSH,
-    RB_FLUSH_LANDS,
-    RB_FREE,
-    RB_INSTALL,
-    RB_REPLACE,
-    RB_REPLACE_NT,
-    RB_WAIT,
-    RB_WINDOW_CLOSE,
-    RB_WINDOW_OPEN,
-)
-from simulator.mmu import pgtable as P
-from simulator.mmu.batch import FETCH, WRITE
-from simulator.mmu.pgtable import (
+from simulator.hyp.pgtable import (
     F_FORCE_PTE,
     F_HANDLE_FAULT,
     F_SHARED,
@@ -142,6 +127,21 @@ from simulator.mmu.pgtable import (
     pgtable_entry_step,
     pgtable_walk,
 )
+from simulator.hyp.rebuild import (
+    RB_BREAK,
+    RB_BREAK_VMID,
+    RB_CMO,
+    RB_FLUSH,
+    RB_FLUSH_LANDS,
+    RB_FREE,
+    RB_INSTALL,
+    RB_REPLACE,
+    RB_REPLACE_NT,
+    RB_WAIT,
+    RB_WINDOW_CLOSE,
+    RB_WINDOW_OPEN,
+)
+from simulator.mmu.batch import FETCH, WRITE
 from simulator.mmu.tlb import tlb_invalidate
 from simulator.mmu.walk import W_PERMISSION, wc_invalidate
 

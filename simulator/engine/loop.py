@@ -176,9 +176,9 @@ from simulator.hyp.host import (
     host_idmap_step,
 )
 from simulator.hyp.page_rmap import rmap_add_leaf
+from simulator.hyp.pgtable import EAGAIN, ENOMEM, EPERM, M_HWM, M_NFREE, tables_needed
 from simulator.hyp.pools import memcache_settle, memcache_topup
 from simulator.mmu.batch import B_FAULT, FR_IPA, FR_KIND, FR_STATUS, run_batch
-from simulator.mmu.pgtable import EAGAIN, ENOMEM, EPERM, M_HWM, M_NFREE, tables_needed
 from simulator.mmu.walk import W_CONFLICT, W_PERMISSION
 
 U = np.uint64

@@ -32,13 +32,13 @@ from simulator.engine import layout as L
 from simulator.engine import sched as S
 from simulator.engine.fault import invalidate_all, op_cycles, unmap_pages
 from simulator.engine.loop import advance
+from simulator.hyp import pgtable as P
 from simulator.hyp.host import N_HW
 from simulator.hyp.page_alloc import HypBugError
 from simulator.hyp.page_rmap import empty_page_rmap
 from simulator.hyp.pools import empty_store
 from simulator.hyp.rebuild import program
 from simulator.mmu import TLBHierarchy, TLBLevelSpec, WalkCache
-from simulator.mmu import pgtable as P
 from simulator.mmu.batch import K_CONFLICT, N_COSTS, N_COUNTERS, N_FAULT, VcpuMMU
 
 

@@ -1,4 +1,5 @@
-"""The hypervisor's software: pKVM's EL2 page allocator (hyp_pool) and its budgets (knows arch)."""
+"""The hypervisor's software: stage-2 operations (pgtable), pKVM's host side (host) and EL2 page
+allocator (page_alloc, pools), the rebuild strategies, the reverse map (knows arch and mmu)."""
 
 from simulator.hyp.page_alloc import (
     HOST_S2_PGD_PAGES,

@@ -15,8 +15,7 @@ from simulator._jit import jit
 from simulator.arch import descriptors as D
 from simulator.arch.geometry import Geometry
 from simulator.hyp.page_alloc import HypPool, host_s2_pgtable_pages, pgtable_max_pages
-from simulator.hyp.pools import PoolMemory, memcache_settle, memcache_topup
-from simulator.mmu.pgtable import (
+from simulator.hyp.pgtable import (
     EAGAIN,
     ENOMEM,
     EPERM,
@@ -32,6 +31,7 @@ from simulator.mmu.pgtable import (
     pgtable_walk,
     tables_needed,
 )
+from simulator.hyp.pools import PoolMemory, memcache_settle, memcache_topup
 
 U = np.uint64
 

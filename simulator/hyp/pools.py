@@ -29,7 +29,7 @@ from simulator.hyp.page_alloc import (
     pool_put,
 )
 from simulator.hyp.page_alloc import META_SIZE as POOL_META_SIZE
-from simulator.mmu.pgtable import M_ALLOCS, M_HWM, M_INUSE, M_NFREE, M_PEAK, M_TOP, PageTableMemory
+from simulator.hyp.pgtable import M_ALLOCS, M_HWM, M_INUSE, M_NFREE, M_PEAK, M_TOP, PageTableMemory
 
 # the store's pool table: one int64 row per pool
 (PT_PAGE_OFF, PT_NR, PT_NODE_OFF, PT_NODES, PT_RESV_OFF, PT_NRESV, PT_ROW0,

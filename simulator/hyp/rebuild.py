@@ -4,7 +4,7 @@ When a fault maps a block where the stage-2 holds a table (the block mappings re
 dirty logging stops), the kernel replaces the table entry and frees the old subtree. How it
 orders the steps decides how long the entry is invalid, and every vCPU that touches the
 range in that window takes a translation fault. A strategy here is a program of single-entry
-steps (:func:`simulator.mmu.pgtable.pgtable_entry_step`) and waits: the engine runs the
+steps (:func:`simulator.hyp.pgtable.pgtable_entry_step`) and waits: the engine runs the
 steps in order at one instant, charging each step's cost, and at a ``WAIT`` lets simulated
 time pass by what has been charged, so that the other vCPUs run meanwhile. The rebuilding
 vCPU holds the MMU lock throughout (write mode in 5.11's spinlock model).

@@ -36,9 +36,10 @@ from simulator.arch import descriptors as D
 from simulator.arch.geometry import Geometry
 from simulator.config import ExperimentConfig, seconds, to_cycles
 from simulator.engine.machine import Counters, SimulationError
+from simulator.hyp import pgtable as P
 from simulator.hyp.host import STATE_SHARED_BORROWED
-from simulator.mmu import PageTableMemory, Stage2, TLBHierarchy, TLBLevelSpec, WalkCache
-from simulator.mmu import pgtable as P
+from simulator.hyp.pgtable import PageTableMemory, Stage2
+from simulator.mmu import TLBHierarchy, TLBLevelSpec, WalkCache
 from simulator.mmu.batch import (
     B_FAULT,
     FETCH,

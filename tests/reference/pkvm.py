@@ -19,6 +19,7 @@ import simpy
 from simulator.arch import descriptors as D
 from simulator.arch.geometry import Geometry
 from simulator.config import ExperimentConfig, seconds, to_cycles
+from simulator.hyp import pgtable as P
 from simulator.hyp.host import (
     HOST_MEM_PROT,
     HOST_MMIO_PROT,
@@ -40,7 +41,6 @@ from simulator.hyp.page_alloc import (
     vmemmap_bytes_per_gib,
 )
 from simulator.hyp.pools import PoolMemory
-from simulator.mmu import pgtable as P
 from simulator.mmu.walk import W_PERMISSION
 from tests.reference.engine import (
     FIRST_GUEST_OWNER,

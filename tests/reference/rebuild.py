@@ -4,7 +4,7 @@ When a fault maps a block where the stage-2 holds a table (the block mappings re
 dirty logging stops), the kernel replaces the table entry and frees the old subtree. How it
 orders the steps decides how long the entry is invalid, and every vCPU that touches the
 range in that window takes a translation fault. Each strategy here is a sequence of
-single-entry steps (:func:`simulator.mmu.pgtable.pgtable_entry_step`) separated by the
+single-entry steps (:func:`simulator.hyp.pgtable.pgtable_entry_step`) separated by the
 simulated time of the work between them, so that the other vCPUs run meanwhile:
 
 ``bbm`` (Linux 5.11 with patch 1 of seed 003's series, i.e. the "before" of its table)
@@ -33,7 +33,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from simulator.arch import descriptors as D
-from simulator.mmu import pgtable as P
+from simulator.hyp import pgtable as P
 
 if TYPE_CHECKING:  # pragma: no cover
     from tests.reference.engine import Context, GuestVM
