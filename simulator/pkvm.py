@@ -14,8 +14,8 @@ from simulator.arch.geometry import Geometry
 from simulator.config import ExperimentConfig, seconds
 from simulator.engine.machine import Machine, SimulationError
 from simulator.hyp.host import OWNER_HYP, HostPhys, HostStage2, Region
+from simulator.hyp.hyp_pool import HypPool
 from simulator.hyp.page_alloc import (
-    HypPool,
     host_s2_pgtable_pages,
     hyp_s1_pgtable_pages,
     vmemmap_bytes,

@@ -4,7 +4,7 @@ settle written with HypPool's own calls, on twin pools; and the store they work 
 import numpy as np
 import pytest
 
-from simulator.hyp.page_alloc import HypPool
+from simulator.hyp.hyp_pool import HypPool
 from simulator.hyp.pgtable import M_NFREE, M_TOP
 from simulator.hyp.pools import PoolMemory
 

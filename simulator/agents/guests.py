@@ -19,7 +19,7 @@ from simulator.config import to_cycles
 from simulator.engine import layout as L
 from simulator.engine.machine import Counters, Machine, SimulationError
 from simulator.hyp.host import OWNER_HOST
-from simulator.hyp.page_alloc import HypBugError
+from simulator.hyp.hyp_pool import HypBugError
 from simulator.vms import GuestVM
 
 FIRST_GUEST_OWNER = 2

@@ -30,104 +30,24 @@ from simulator.arch import descriptors as D
 from simulator.config import ExperimentConfig
 from simulator.engine import layout as L
 from simulator.engine import sched as S
-from simulator.engine.fault import invalidate_all, op_cycles, unmap_pages
+from simulator.engine.fault import invalidate_all, unmap_pages
 from simulator.engine.loop import advance
+from simulator.engine.parts import (
+    Context,
+    Counters,
+    Cpu,
+    OpCosts,
+    SimulationError,
+    _grow_rows,
+)
 from simulator.hyp import pgtable as P
 from simulator.hyp.host import N_HW
-from simulator.hyp.page_alloc import HypBugError
+from simulator.hyp.hyp_pool import HypBugError
 from simulator.hyp.page_rmap import empty_page_rmap
 from simulator.hyp.pools import empty_store
 from simulator.hyp.rebuild import program
 from simulator.mmu import TLBHierarchy, TLBLevelSpec, WalkCache
 from simulator.mmu.batch import K_CONFLICT, N_COSTS, N_COUNTERS, N_FAULT, VcpuMMU
-
-
-class SimulationError(RuntimeError):
-    """The run cannot go on (an access outside guest memory, a kernel BUG, ...).
-
-    ``field`` names the configuration field the problem belongs to."""
-
-    def __init__(self, field: str, message: str):
-        self.field = field
-        self.message = message
-        super().__init__(field, message)  # SimPy re-raises as type(e)(*e.args)
-
-    def __str__(self) -> str:
-        return f"{self.field}: {self.message}"
-
-
-class Counters:
-    """A flat dotted counter map."""
-
-    def __init__(self) -> None:
-        self.c: dict[str, int] = {}
-
-    def add(self, key: str, value: int = 1) -> None:
-        self.c[key] = self.c.get(key, 0) + int(value)
-
-    def __getitem__(self, key: str) -> int:
-        return self.c.get(key, 0)
-
-
-class OpCosts:
-    """Turns an OpReport into cycles with the configured costs (the engine's own function)."""
-
-    def __init__(self, pr: np.ndarray, fp: np.ndarray):
-        self.pr = pr
-        self.fp = fp
-
-    def cycles(self, rep: P.OpReport) -> int:
-        return int(op_cycles(rep.raw, self.pr, self.fp))
-
-
-class Cpu:
-    """A physical CPU's translation state: TLB hierarchy, walk cache, LRU clock. ``shared``:
-    several contexts take turns on it (pkvm)."""
-
-    def __init__(self, index: int, tlb: TLBHierarchy, wc: WalkCache, shared: bool):
-        self.index = index
-        self.tlb = tlb
-        self.wc = wc
-        self.clock = np.zeros(1, dtype=np.int64)
-        self.shared = shared
-
-
-class Context:
-    """Something that issues accesses (a guest vCPU or a host CPU): its stream, the CPU it
-    runs on, its counters (the MMU's, the engine's and ``ctr`` for Python-side ones)."""
-
-    def __init__(self, index: int, vm, stream, cpu: Cpu, label: str, mmu: VcpuMMU,
-                 machine: "Machine"):
-        self.index = index
-        self.vm = vm
-        self.stream = stream
-        self.cpu = cpu
-        self.label = label
-        self.mmu = mmu
-        self.machine = machine
-        self.ctr = Counters()
-        self.done: simpy.Event | None = None
-
-    @property
-    def done_at(self) -> int:
-        return int(self.machine.st[self.index, L.S_DONE_AT])
-
-    def counters(self) -> dict[str, int]:
-        m = self.machine
-        c = self.mmu.counters()
-        c["cycles"] = self.done_at
-        for k, name in enumerate(L.EXTRA_NAMES):
-            if m.tc[self.index, k]:
-                c[name] = c.get(name, 0) + int(m.ec[self.index, k])
-        for k, val in self.ctr.c.items():
-            c[k] = c.get(k, 0) + val
-        return dict(sorted(c.items()))
-
-
-def _grow_rows(a: np.ndarray, rows: int, fill=0) -> np.ndarray:
-    out = np.full((rows,) + a.shape[1:], fill, dtype=a.dtype)
-    out[:a.shape[0]] = a
-    return out
 
 
 class Machine:
@@ -548,7 +468,6 @@ class Machine:
     def _serve(self, call: int, c: int) -> None:
         """Serve a call-out for context ``c``; the context then resumes at once."""
         g = self.g
-        st = self.st
         if call == L.CALL_GROW:
             mem = self.mems[0]
             mem.reserve(int(mem.meta[P.M_NFREE]) + L.GROW_MARGIN * 4)

@@ -14,7 +14,8 @@ import numpy as np
 from simulator._jit import jit
 from simulator.arch import descriptors as D
 from simulator.arch.geometry import Geometry
-from simulator.hyp.page_alloc import HypPool, host_s2_pgtable_pages, pgtable_max_pages
+from simulator.hyp.hyp_pool import HypPool
+from simulator.hyp.page_alloc import host_s2_pgtable_pages, pgtable_max_pages
 from simulator.hyp.pgtable import (
     EAGAIN,
     ENOMEM,

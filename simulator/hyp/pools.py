@@ -1,6 +1,6 @@
 """Page-table memory backed by hyp pools (the host stage-2's and guest stage-2's mm_ops).
 
-Table pages are pages of :class:`~simulator.hyp.page_alloc.HypPool`\\ s laid out next to each
+Table pages are pages of :class:`~simulator.hyp.hyp_pool.HypPool`\\ s laid out next to each
 other in physical memory, so a row of the page-table memory is still ``(pa - base) >>
 page_shift``. Before each page-table operation the free stack, the memcache, is topped up
 from the pool that operation allocates from (:func:`memcache_topup`): as many pages as the
@@ -20,10 +20,10 @@ from __future__ import annotations
 import numpy as np
 
 from simulator._jit import jit
+from simulator.hyp.hyp_pool import HypPool
 from simulator.hyp.page_alloc import (
     BUG_NONE,
     M_BUG_WHAT,
-    HypPool,
     get_order,
     pool_alloc,
     pool_put,

@@ -32,9 +32,8 @@ from simulator.hyp.host import (
     IdmapResult,
     Region,
 )
+from simulator.hyp.hyp_pool import HypBugError, HypPool
 from simulator.hyp.page_alloc import (
-    HypBugError,
-    HypPool,
     host_s2_pgtable_pages,
     hyp_s1_pgtable_pages,
     vmemmap_bytes,

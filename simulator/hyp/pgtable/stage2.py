@@ -59,7 +59,6 @@ from simulator.hyp.pgtable.defs import (
 )
 from simulator.hyp.pgtable.entries import (
     _is_leaf,
-    free_subtree,
     tables_needed,
 )
 from simulator.hyp.pgtable.memory import (
