@@ -3,8 +3,6 @@ context (a vCPU or a host CPU), and the error a simulation stops with."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import simpy
 
@@ -13,9 +11,6 @@ from simulator.engine.fault import op_cycles
 from simulator.hyp import pgtable as P
 from simulator.mmu import TLBHierarchy, WalkCache
 from simulator.mmu.batch import VcpuMMU
-
-if TYPE_CHECKING:
-    from simulator.engine.machine import Machine
 
 
 class SimulationError(RuntimeError):
@@ -73,7 +68,7 @@ class Context:
     runs on, its counters (the MMU's, the engine's and ``ctr`` for Python-side ones)."""
 
     def __init__(self, index: int, vm, stream, cpu: Cpu, label: str, mmu: VcpuMMU,
-                 machine: "Machine"):
+                 machine):
         self.index = index
         self.vm = vm
         self.stream = stream
