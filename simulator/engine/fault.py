@@ -270,11 +270,15 @@ def _locate(tables, vmt, v, ps, ipa, level, out):
 
 
 @jit
-def handle(c, v, cpu, now, pr, fp, vmt, slots, block_levels, g, st, ec, tc, tables, refcnt,
-            free, meta, stat, rep, tlog, stk, dirty, key2, off, sets, ways, sizes, chunks, loc):
+def handle(c, v, cpu, now, md, sc, tl, mem, wk):
     """user_mem_abort() under the MMU lock, up to its page-table operation. Returns 0 when
     the work is done (S_OPC holds its cycles), 1 when a map of (S_START, S_SIZE) follows, 2
-    when a rebuild follows."""
+    when a rebuild follows. md, sc, tl, mem, wk: the engine's groups (layout.Model, ...)."""
+    pr, fp, vmt, slots, chunks, block_levels, _ = md
+    g, st, ec, tc = sc.g, sc.st, sc.ec, sc.tc
+    key2, off, sets, ways, sizes = tl.key, tl.off, tl.sets, tl.ways, tl.sizes
+    tables, refcnt, free, meta, _ = mem
+    stat, rep, tlog, stk, dirty, loc = wk.stats[v], wk.rep, wk.tlog, wk.stk, wk.dirty, wk.loc
     ps = pr[P_PAGE_SHIFT]
     page = np.int64(1) << ps
     ipa = st[c, S_IPA]
@@ -365,9 +369,13 @@ def _attr(c, v, start, pr, vmt, st):
 
 
 @jit
-def map_fault(c, v, pr, fp, vmt, g, st, ec, tc, tables, refcnt, free, meta, stat, rep, tlog, stk,
-         key2, off, sets, ways, sizes, wc_tag3, chunks):
+def map_fault(c, v, md, sc, tl, mem, wk):
     """kvm_pgtable_stage2_map() of (S_START, S_SIZE) for a fault; False on an error."""
+    pr, fp, vmt, chunks = md.pr, md.fp, md.vmt, md.chunks
+    g, st, ec, tc = sc.g, sc.st, sc.ec, sc.tc
+    key2, off, sets, ways, sizes, wc_tag3 = tl.key, tl.off, tl.sets, tl.ways, tl.sizes, tl.wc_tag
+    tables, refcnt, free, meta, _ = mem
+    stat, rep, tlog, stk = wk.stats[v], wk.rep, wk.tlog, wk.stk
     ps = pr[P_PAGE_SHIFT]
     page = np.int64(1) << ps
     start = st[c, S_START]
@@ -420,10 +428,14 @@ def _step(kind, c, v, pr, vmt, st, tables, refcnt, free, meta, stat, rep, tlog, 
 
 
 @jit
-def rebuild(c, v, now, pr, fp, vmt, prog, g, st, ec, tc, ht, hs, hc, win, tables, refcnt, free,
-             meta, stat, rep, tlog, key2, off, sets, ways, sizes, wc_tag3):
+def rebuild(c, v, now, md, sc, tl, mem, wk):
     """Run the rebuild program from S_RB_PC to its next WAIT (the context is scheduled after
     the time charged so far) or its END (the release is scheduled); False on an error."""
+    pr, fp, vmt, prog = md.pr, md.fp, md.vmt, md.rbprog
+    g, st, ec, tc, ht, hs, hc, win = sc.g, sc.st, sc.ec, sc.tc, sc.ht, sc.hs, sc.hc, sc.win
+    key2, off, sets, ways, sizes, wc_tag3 = tl.key, tl.off, tl.sets, tl.ways, tl.sizes, tl.wc_tag
+    tables, refcnt, free, meta, _ = mem
+    stat, rep, tlog = wk.stats[v], wk.rep, wk.tlog
     ps = pr[P_PAGE_SHIFT]
     size = st[c, S_SIZE]
     lo = st[c, S_RB_START]

@@ -10,7 +10,30 @@
 
 from __future__ import annotations
 
+from collections import namedtuple
+
 from simulator.engine.sched import G_HEAPN, G_NOW, G_NSIG, G_SEQ
+
+# ---- what the compiled engine takes: its arrays in a few named groups ----------------------
+# the model: parameters (P_*, FP_*), the stage-2s (V_*), their memslots and donated chunks, the
+# levels that hold blocks, the rebuild strategy's program
+Model = namedtuple("Model", "pr fp vmt slots chunks block_levels rbprog")
+# the schedule: globals (G_*), contexts (S_*), their engine counters and touched flags (E_*),
+# the event heap (time, sequence, context), locks and their queues, shared CPUs and their
+# queues, the open invalid windows, the signals for Python
+Sched = namedtuple("Sched", "g st ec tc ht hs hc lk lq cs cq win sig")
+# the CPUs' translation hardware: each CPU's TLB rows (key, LRU stamp, output address,
+# permissions) and walk cache, the TLB geometry they share, each CPU's LRU clock
+Tlbs = namedtuple("Tlbs", "key stamp pa perm off sets ways lat sizes serves lay wc_tag wc_row "
+                          "wc_stamp clock")
+# one table memory: rows, refcounts, free stack, meta (M_*), and its hyp-pool store
+Mem = namedtuple("Mem", "tables refcnt free meta hy")
+# per context: its current chunk of accesses, run_batch's costs, MMU counters and fault record
+Streams = namedtuple("Streams", "addrs kinds costs ctr fault")
+# the rest: per-stage-2 leaf counts, the walker's report, TLBI log and stack, the logging
+# guest's dirty bitmap, the ownership record (pkvm), scratch, pKVM's host abort work area and
+# regions, the reverse map of the guest that keeps one
+Work = namedtuple("Work", "stats rep tlog stk dirty owner loc hw hreg rm")
 
 # ---- machine parameters (int64) ------------------------------------------------------------
 (P_PAGE_SHIFT, P_QUANTUM, P_MAX_CYCLES, P_EXIT, P_LOCK, P_DIRTY_PAGE, P_PERM_HANDLER,
@@ -105,4 +128,5 @@ ERR_HOST_ENOMEM = 6  # the host stage-2 is out of memory even after recycling MM
 GROW_MARGIN = 64  # free table pages guaranteed before every step (a fault needs at most 4)
 
 __all__ = [name for name in dir() if name.isupper()] + ["G_HEAPN", "G_NOW", "G_NSIG",
-                                                         "G_SEQ"]
+                                                         "G_SEQ", "Mem", "Model", "Sched",
+                                                         "Streams", "Tlbs", "Work"]

@@ -186,12 +186,12 @@ U = np.uint64
 
 # ---- the main loop -------------------------------------------------------------------------
 @jit
-def advance(horizon, pr, fp, vmt, slots, chunks, block_levels, rbprog, g, st, ec, tc, ht, hs,
-            hc, lk, lq, cs, cq, win, sig, addrs2, kinds2, mtables, mrefcnt, mfree, mmeta, stats,
-            rep, tlog, stk, dirty, key2, stamp2, tpa2, tperm2, off, sets, ways, lat, sizes,
-            serves, lay, wc_tag3, wc_row3, wc_stamp3, clock2, costs, ctr2, fault2, owner, loc,
-            hys, hw, hreg, rm):
+def advance(horizon, md, sc, tl, mems, sm, wk):
     """Run the contexts' events in order until one of the RET_* conditions.
+
+    md, sc, tl, sm, wk: the engine's arrays in named groups (Model, Sched, Tlbs, Streams,
+    Work of :mod:`simulator.engine.layout`); mems: the two table memories (Mem; kvm passes
+    its one memory twice). In the groups:
 
     pr/fp: machine parameters; vmt: the stage-2s; slots (base, size) and chunks (donated
     host addresses, -1: none) per stage-2; block_levels: the levels that hold blocks;
@@ -206,11 +206,17 @@ def advance(horizon, pr, fp, vmt, slots, chunks, block_levels, rbprog, g, st, ec
     hys: the table memories' hyp-pool stores (tuple; empty stores without pools); hw/hreg:
     pKVM's host abort work area and regions (simulator.hyp.host); rm: the reverse map of the
     guest that keeps one (simulator.hyp.page_rmap; a dummy otherwise)."""
+    pr, fp, vmt, slots, chunks, block_levels, rbprog = md
+    g, st, ec, tc, ht, hs, hc, lk, lq, cs, cq, win, sig = sc
+    (key2, stamp2, tpa2, tperm2, off, sets, ways, lat, sizes, serves, lay, wc_tag3, wc_row3,
+     wc_stamp3, clock2) = tl
+    addrs2, kinds2, costs, ctr2, fault2 = sm
+    stats, rep, tlog, stk, dirty, owner, loc, hw, hreg, rm = wk
     ps = pr[P_PAGE_SHIFT]
     while True:
         if pr[P_GROW] != 0:
-            meta0 = mmeta[0]
-            if meta0[M_NFREE] + mtables[0].shape[0] - meta0[M_HWM] < GROW_MARGIN:
+            meta0 = mems[0].meta
+            if meta0[M_NFREE] + mems[0].tables.shape[0] - meta0[M_HWM] < GROW_MARGIN:
                 g[G_CALL] = CALL_GROW
                 return RET_CALL
         if g[G_PENDING] >= 0:
@@ -229,10 +235,8 @@ def advance(horizon, pr, fp, vmt, slots, chunks, block_levels, rbprog, g, st, ec
         v = st[c, S_VM]
         cpu = st[c, S_CPU]
         # the context's stage-2 lives in table memory 0 or 1 (constant indices: cheap)
-        if vmt[v, V_MEM] == 0:
-            tables, refcnt, free, meta, hy = mtables[0], mrefcnt[0], mfree[0], mmeta[0], hys[0]
-        else:
-            tables, refcnt, free, meta, hy = mtables[1], mrefcnt[1], mfree[1], mmeta[1], hys[1]
+        mem = mems[0] if vmt[v, V_MEM] == 0 else mems[1]
+        tables, refcnt, free, meta, hy = mem
         stat = stats[v]
         # run context c from its state until it waits (an event, a queue) or Python must act
         while True:
@@ -433,9 +437,7 @@ def advance(horizon, pr, fp, vmt, slots, chunks, block_levels, rbprog, g, st, ec
                 st[c, S_STATE] = ST_FAULT_END
                 continue
             if s == ST_HANDLE:
-                r = handle(c, v, cpu, now, pr, fp, vmt, slots, block_levels, g, st, ec, tc,
-                            tables, refcnt, free, meta, stat, rep, tlog, stk, dirty, key2, off,
-                            sets, ways, sizes, chunks, loc)
+                r = handle(c, v, cpu, now, md, sc, tl, mem, wk)
                 if r == 1:  # a map: top the memcache up first when the tables are pooled
                     st[c, S_STATE] = ST_MAP
                     if vmt[v, V_POOL] != 0:
@@ -450,9 +452,7 @@ def advance(horizon, pr, fp, vmt, slots, chunks, block_levels, rbprog, g, st, ec
                     st[c, S_STATE] = ST_FAULT_END
                 continue
             if s == ST_MAP:
-                if not map_fault(c, v, pr, fp, vmt, g, st, ec, tc, tables, refcnt, free, meta, stat,
-                            rep, tlog, stk, key2, off, sets,
-                            ways, sizes, wc_tag3, chunks):
+                if not map_fault(c, v, md, sc, tl, mem, wk):
                     return RET_ERROR
                 st[c, S_STATE] = ST_MAPPED
                 if vmt[v, V_POOL] != 0 and meta[M_NFREE] > 0:
@@ -477,9 +477,7 @@ def advance(horizon, pr, fp, vmt, slots, chunks, block_levels, rbprog, g, st, ec
                 push(ht, hs, hc, g, now + pr[P_LOCK] + st[c, S_OPC], c)
                 break
             if s == ST_REBUILD:
-                if not rebuild(c, v, now, pr, fp, vmt, rbprog, g, st, ec, tc, ht, hs, hc, win,
-                                tables, refcnt, free, meta, stat, rep,
-                                tlog, key2, off, sets, ways, sizes, wc_tag3):
+                if not rebuild(c, v, now, md, sc, tl, mem, wk):
                     return RET_ERROR
                 break
             if s == ST_RELEASE:

@@ -451,19 +451,21 @@ class Machine:
         self._freeze_cpus()
         mems = self.mems if len(self.mems) == 2 else [self.mems[0], self.mems[0]]
         off, sets, ways, lat, sizes, serves = self.tlb_geom
-        return advance(horizon, self.pr, self.fp, self.vmt, self.slots, self.chunks,
-                       self.block_levels, self.rbprog, self.g, self.st, self.ec, self.tc,
-                       self.ht, self.hs, self.hc, self.lk, self.lq, self.cs, self.cq, self.win,
-                       self.sig, self.addrs2, self.kinds2,
-                       (mems[0].tables, mems[1].tables), (mems[0].refcnt, mems[1].refcnt),
-                       (mems[0].free, mems[1].free), (mems[0].meta, mems[1].meta), self.stats,
-                       self.rep, self.tlog, self.stk, self.dirty, self.tlb_key, self.tlb_stamp,
-                       self.tlb_pa, self.tlb_perm, off, sets, ways, lat, sizes, serves,
-                       self.layout, self.wc_tag, self.wc_row, self.wc_stamp, self.clock,
-                       self.costs, self.ctr2, self.fault2, self.owner, self.loc,
-                       tuple(getattr(m, "hy", None) or self._empty_store for m in mems),
-                       self.hw, self.hreg,
-                       self.rmap.arrays() if self.rmap is not None else empty_page_rmap())
+        return advance(
+            horizon,
+            L.Model(self.pr, self.fp, self.vmt, self.slots, self.chunks, self.block_levels,
+                    self.rbprog),
+            L.Sched(self.g, self.st, self.ec, self.tc, self.ht, self.hs, self.hc, self.lk,
+                    self.lq, self.cs, self.cq, self.win, self.sig),
+            L.Tlbs(self.tlb_key, self.tlb_stamp, self.tlb_pa, self.tlb_perm, off, sets, ways,
+                   lat, sizes, serves, self.layout, self.wc_tag, self.wc_row, self.wc_stamp,
+                   self.clock),
+            tuple(L.Mem(m.tables, m.refcnt, m.free, m.meta,
+                        getattr(m, "hy", None) or self._empty_store) for m in mems),
+            L.Streams(self.addrs2, self.kinds2, self.costs, self.ctr2, self.fault2),
+            L.Work(self.stats, self.rep, self.tlog, self.stk, self.dirty, self.owner, self.loc,
+                   self.hw, self.hreg,
+                   self.rmap.arrays() if self.rmap is not None else empty_page_rmap()))
 
     def _serve(self, call: int, c: int) -> None:
         """Serve a call-out for context ``c``; the context then resumes at once."""
