@@ -11,6 +11,11 @@ view and argument was a third of the engine's time. The flag is the same for eve
 on purpose: a kernel compiled with counting, linked into one compiled without (or the
 reverse), corrupts memory. The one exception is a setup helper that returns a new array to
 Python and is never called from a kernel (``_nrt=True``).
+
+A kernel called from another with a literal int argument (``f(OP_MAP, 0)``) is compiled once
+more for each literal value: numba types the argument as ``Literal[int]`` first. Calls
+inside the engine pass ``np.int64(...)`` or a module-level ``np.int64`` constant instead,
+which types as a plain int64 (a fifth of the engine's cold compile).
 """
 
 from __future__ import annotations

@@ -146,6 +146,9 @@ from simulator.mmu.tlb import tlb_invalidate
 from simulator.mmu.walk import W_PERMISSION, wc_invalidate
 
 U = np.uint64
+# int64 (not literal) arguments: a literal int would compile the callee once more per value
+I0 = np.int64(0)
+IM1 = np.int64(-1)
 
 
 # ---- costs and accounting --------------------------------------------------------------------
@@ -204,7 +207,7 @@ def apply_tlbis(rep, tlog, vmid, ps, g, key2, off, sets, ways, sizes, wc_tag3):
     """An operation's logged invalidations, on every CPU."""
     for i in range(rep[R_TLBI_LOG_N]):
         if tlog[i, TLOG_KIND] == TLBI_VMID:
-            invalidate_all(vmid, 0, 0, ps, g, key2, off, sets, ways, sizes, wc_tag3)
+            invalidate_all(vmid, I0, I0, ps, g, key2, off, sets, ways, sizes, wc_tag3)
         else:
             lo = tlog[i, TLOG_ADDR]
             invalidate_all(vmid, lo, lo + tlog[i, TLOG_SIZE], ps, g, key2, off, sets, ways,
@@ -308,18 +311,18 @@ def handle(c, v, cpu, now, md, sc, tl, mem, wk):
     leaf_level = 3
     if fstatus == W_PERMISSION:
         rep[:] = 0
-        pgtable_walk(OP_GET_LEAF, tables, refcnt, free, meta, tb, ps, vmt[v, V_ROOT],
+        pgtable_walk(np.int64(OP_GET_LEAF), tables, refcnt, free, meta, tb, ps, vmt[v, V_ROOT],
                      vmt[v, V_START_LEVEL], vmt[v, V_IA_BITS], U(lo), U(lo + page), U(0), U(0),
-                     0, vmt[v, V_FLAGS], vmt[v, V_RULE], stat, rep, tlog, stk)
+                     I0, vmt[v, V_FLAGS], vmt[v, V_RULE], stat, rep, tlog, stk)
         leaf_level = rep[R_LEAF_LEVEL]
     if fstatus == W_PERMISSION and not (logging and leaf_level < 3):
         # kvm_pgtable_stage2_relax_perms(), then a local TLBI of that IPA
         clear_bits = D.XN if kind == FETCH else U(0)
         set_bits = D.S2AP_W if kind == WRITE else D.S2AP_R
         rep[:] = 0
-        pgtable_walk(OP_ATTR, tables, refcnt, free, meta, tb, ps, vmt[v, V_ROOT],
+        pgtable_walk(np.int64(OP_ATTR), tables, refcnt, free, meta, tb, ps, vmt[v, V_ROOT],
                      vmt[v, V_START_LEVEL], vmt[v, V_IA_BITS], U(lo), U(lo + page), clear_bits,
-                     set_bits, 0, F_HANDLE_FAULT | vmt[v, V_FLAGS], vmt[v, V_RULE], stat, rep,
+                     set_bits, I0, F_HANDLE_FAULT | vmt[v, V_FLAGS], vmt[v, V_RULE], stat, rep,
                      tlog, stk)
         tlb_invalidate(vmt[v, V_VMID], U(lo), U(lo + page), key2[cpu], off, sets, ways, sizes, ps)
         opc += op_cycles(rep, pr, fp) + pr[P_PERM_HANDLER] + pr[P_TLBI_IPA]
@@ -386,9 +389,9 @@ def map_fault(c, v, md, sc, tl, mem, wk):
         flags |= F_SHARED
     phys = pa_of(vmt, v, chunks, start, ps) & ~(page - 1)
     rep[:] = 0
-    pgtable_walk(OP_MAP, tables, refcnt, free, meta, vmt[v, V_TBASE], ps, vmt[v, V_ROOT],
+    pgtable_walk(np.int64(OP_MAP), tables, refcnt, free, meta, vmt[v, V_TBASE], ps, vmt[v, V_ROOT],
                  vmt[v, V_START_LEVEL], vmt[v, V_IA_BITS], U(start), U(start + bs), U(phys),
-                 U(_attr(c, v, start, pr, vmt, st)), 0, flags, vmt[v, V_RULE], stat, rep, tlog,
+                 U(_attr(c, v, start, pr, vmt, st)), I0, flags, vmt[v, V_RULE], stat, rep, tlog,
                  stk)
     ret = rep[R_RET]
     st[c, S_RET] = ret
@@ -448,8 +451,8 @@ def rebuild(c, v, now, md, sc, tl, mem, wk):
         pc += 1
         if op == RB_BREAK or op == RB_BREAK_VMID:
             fl = flags & ~F_TLBIRANGE if op == RB_BREAK_VMID else flags
-            if not _step(STEP_BREAK, c, v, pr, vmt, st, tables, refcnt, free, meta, stat, rep,
-                         tlog, 0, -1, fl, ec, tc, g):
+            if not _step(np.int64(STEP_BREAK), c, v, pr, vmt, st, tables, refcnt, free, meta,
+                         stat, rep, tlog, I0, IM1, fl, ec, tc, g):
                 return False
             apply_tlbis(rep, tlog, vmid, ps, g, key2, off, sets, ways, sizes, wc_tag3)
             acc += op_cycles(rep, pr, fp)
@@ -472,8 +475,8 @@ def rebuild(c, v, now, md, sc, tl, mem, wk):
             ec[c, E_RB_WINDOW] += now - st[c, S_RB_T0]
             tc[c, E_RB_WINDOW] = 1
         elif op == RB_FREE:
-            if not _step(STEP_FREE, c, v, pr, vmt, st, tables, refcnt, free, meta, stat, rep,
-                         tlog, 0, st[c, S_RB_CHILD], flags, ec, tc, g):
+            if not _step(np.int64(STEP_FREE), c, v, pr, vmt, st, tables, refcnt, free, meta,
+                         stat, rep, tlog, I0, st[c, S_RB_CHILD], flags, ec, tc, g):
                 return False
             acc += op_cycles(rep, pr, fp)
         elif op == RB_CMO:
@@ -485,17 +488,17 @@ def rebuild(c, v, now, md, sc, tl, mem, wk):
             new = st[c, S_RB_NEW] | (np.int64(D.NT) if op == RB_REPLACE_NT else 0)
             kind = STEP_INSTALL if op == RB_INSTALL else STEP_REPLACE
             if not _step(kind, c, v, pr, vmt, st, tables, refcnt, free, meta, stat, rep, tlog,
-                         new, -1, flags, ec, tc, g):
+                         new, IM1, flags, ec, tc, g):
                 return False
             acc += op_cycles(rep, pr, fp)
         elif op == RB_FLUSH:
-            if not _step(STEP_FLUSH_VMID, c, v, pr, vmt, st, tables, refcnt, free, meta, stat,
-                         rep, tlog, 0, -1, flags, ec, tc, g):
+            if not _step(np.int64(STEP_FLUSH_VMID), c, v, pr, vmt, st, tables, refcnt, free,
+                         meta, stat, rep, tlog, I0, IM1, flags, ec, tc, g):
                 return False
             acc += op_cycles(rep, pr, fp)
         elif op == RB_FLUSH_LANDS:
             # TLBI VMALLS12E1IS takes effect when it completes
-            invalidate_all(vmid, 0, 0, ps, g, key2, off, sets, ways, sizes, wc_tag3)
+            invalidate_all(vmid, I0, I0, ps, g, key2, off, sets, ways, sizes, wc_tag3)
         elif op == RB_WAIT:
             st[c, S_RB_PC] = pc
             st[c, S_RB_ACC] = 0
@@ -519,8 +522,9 @@ def unmap_pages(ipas, v, pr, fp, vmt, g, tables, refcnt, free, meta, stat, rep, 
     for k in range(ipas.shape[0]):
         a = (ipas[k] >> ps) << ps
         rep[:] = 0
-        pgtable_walk(OP_UNMAP, tables, refcnt, free, meta, vmt[v, V_TBASE], ps, vmt[v, V_ROOT],
-                     vmt[v, V_START_LEVEL], vmt[v, V_IA_BITS], U(a), U(a + page), U(0), U(0), 0,
+        pgtable_walk(np.int64(OP_UNMAP), tables, refcnt, free, meta, vmt[v, V_TBASE], ps,
+                     vmt[v, V_ROOT],
+                     vmt[v, V_START_LEVEL], vmt[v, V_IA_BITS], U(a), U(a + page), U(0), U(0), I0,
                      vmt[v, V_FLAGS], vmt[v, V_RULE], stat, rep, tlog, stk)
         total += op_cycles(rep, pr, fp)
         apply_tlbis(rep, tlog, vmt[v, V_VMID], ps, g, key2, off, sets, ways, sizes, wc_tag3)

@@ -182,6 +182,8 @@ from simulator.mmu.batch import B_FAULT, FR_IPA, FR_KIND, FR_STATUS, run_batch
 from simulator.mmu.walk import W_CONFLICT, W_PERMISSION
 
 U = np.uint64
+# int64 (not literal) arguments: a literal int would compile the callee once more per value
+I0 = np.int64(0)
 
 
 # ---- the main loop -------------------------------------------------------------------------
@@ -336,7 +338,7 @@ def advance(horizon, md, sc, tl, mems, sm, wk):
                     # is replayed (no lock, no page-table work)
                     ec[c, E_CONFLICT] += 1
                     tc[c, E_CONFLICT] = 1
-                    invalidate_cpu(cpu, vmt[v, V_VMID], 0, 0, ps, key2, off, sets, ways, sizes,
+                    invalidate_cpu(cpu, vmt[v, V_VMID], I0, I0, ps, key2, off, sets, ways, sizes,
                                    wc_tag3)
                     st[c, S_DEBT] += pr[P_CONFLICT]
                     if st[c, S_HELD] != 0:
@@ -456,7 +458,7 @@ def advance(horizon, md, sc, tl, mems, sm, wk):
                     return RET_ERROR
                 st[c, S_STATE] = ST_MAPPED
                 if vmt[v, V_POOL] != 0 and meta[M_NFREE] > 0:
-                    bug = memcache_settle(free, meta, hy, 0)
+                    bug = memcache_settle(free, meta, hy, I0)
                     if bug != 0:
                         return _hyp_bug(c, bug, g)
                 continue

@@ -35,6 +35,8 @@ from simulator.hyp.pgtable import (
 from simulator.hyp.pools import PoolMemory, memcache_settle, memcache_topup
 
 U = np.uint64
+# int64 (not literal) arguments: a literal int would compile the callee once more per value
+I0 = np.int64(0)
 
 OWNER_HOST = 0
 OWNER_HYP = 1
@@ -248,9 +250,9 @@ def _host_walk(op, start, size, phys, attr, pool, reserve, hw, tables, refcnt, f
         return bug
     rep[:] = 0
     pgtable_walk(op, tables, refcnt, free, meta, hw[HW_TBASE], ps, hw[HW_ROOT],
-                 hw[HW_START_LEVEL], hw[HW_IA_BITS], U(lo), U(hi), U(phys & ~m), U(attr), 0,
+                 hw[HW_START_LEVEL], hw[HW_IA_BITS], U(lo), U(hi), U(phys & ~m), U(attr), I0,
                  hw[HW_FLAGS], hw[HW_RULE], stat, rep, tlog, stk)
-    return memcache_settle(free, meta, hy, 0)
+    return memcache_settle(free, meta, hy, I0)
 
 
 @jit
@@ -262,8 +264,8 @@ def _host_map(hw, tables, refcnt, free, meta, stat, rep, tlog, stk, hy):
     pool = hw[HW_MEM_POOL] if memory else hw[HW_DEV_POOL]
     attr = hw[HW_MEM_ATTR] if memory else hw[HW_DEV_ATTR]
     need = tables_needed(start, size, hw[HW_START_LEVEL], hw[HW_PAGE_SHIFT])
-    bug = _host_walk(OP_MAP, start, size, start, attr, pool, need, hw, tables, refcnt, free,
-                     meta, stat, rep, tlog, stk, hy)
+    bug = _host_walk(np.int64(OP_MAP), start, size, start, attr, pool, need, hw, tables, refcnt,
+                     free, meta, stat, rep, tlog, stk, hy)
     if bug != 0:
         hw[HW_BUG] = bug
         hw[HW_PHASE] = PH_DONE
@@ -329,8 +331,8 @@ def host_idmap_step(hw, hreg, tables, refcnt, free, meta, stat, rep, tlog, stk, 
             hw[HW_RET] = -EPERM
             hw[HW_PHASE] = PH_DONE
             return 0
-        bug = _host_walk(OP_GET_LEAF, addr, 1, 0, 0, hw[HW_MEM_POOL], 0, hw, tables, refcnt,
-                         free, meta, stat, rep, tlog, stk, hy)
+        bug = _host_walk(np.int64(OP_GET_LEAF), addr, np.int64(1), I0, I0, hw[HW_MEM_POOL], I0,
+                         hw, tables, refcnt, free, meta, stat, rep, tlog, stk, hy)
         if bug != 0:
             hw[HW_BUG] = bug
             hw[HW_PHASE] = PH_DONE
@@ -378,8 +380,9 @@ def host_idmap_step(hw, hreg, tables, refcnt, free, meta, stat, rep, tlog, stk, 
             prev = hw[HW_PREV]
             hw[HW_PREV] = max(prev, end)
             if base > prev:
-                bug = _host_walk(OP_UNMAP, prev, base - prev, 0, 0, hw[HW_MEM_POOL], 0, hw,
-                                 tables, refcnt, free, meta, stat, rep, tlog, stk, hy)
+                bug = _host_walk(np.int64(OP_UNMAP), prev, base - prev, I0, I0,
+                                 hw[HW_MEM_POOL], I0, hw, tables, refcnt, free, meta, stat, rep,
+                                 tlog, stk, hy)
                 if bug != 0:
                     hw[HW_BUG] = bug
                     hw[HW_PHASE] = PH_DONE

@@ -46,9 +46,10 @@ was truncated to 32 bits, see ``HypPool``), where splitting stops and the larger
 handed out (what Android's fix does; unreachable in the 6.12 semantics modelled here, since
 pages past range_end are never coalesced).
 
-:class:`~simulator.hyp.hyp_pool.HypPool` is the thin wrapper: it validates, makes one kernel call, and raises
-:class:`HypBugError` on a BUG (with ``on_bug="count"`` it only counts it). Either way the pool is
-left as described above, a state the real hypervisor, having panicked, never reaches.
+:class:`~simulator.hyp.hyp_pool.HypPool` is the thin wrapper: it validates, makes one kernel
+call, and raises :class:`HypBugError` on a BUG (with ``on_bug="count"`` it only counts it).
+Either way the pool is left as described above, a state the real hypervisor, having
+panicked, never reaches.
 """
 
 from __future__ import annotations

@@ -25,6 +25,10 @@ from simulator.hyp.rmap import (
     rmap_op,
 )
 
+# int64 (not literal) arguments: a literal int would compile the callee once more per value
+I0 = np.int64(0)
+
+
 __all__ = ["PageRmap", "empty_page_rmap", "rmap_add_leaf"]
 
 # scalars (int64)
@@ -53,8 +57,8 @@ def rmap_add_leaf(rm, pa, ipa):
     spte_of[(ipa >> ps) - rs[RS_GPAGE_LO]] = spte
     ipa_of[spte] = (ipa >> ps) << ps
     rs[RS_NEXT_SPTE] = spte + 1
-    count = rmap_op(head, dsptes, dcount, dmore, dtail, free_stack, meta, leaf, OP_ADD, frame,
-                    spte, 0, rs[RS_COST_TOUCH], rs[RS_COST_FREE], rs[RS_COST_CLEAR], out)
+    count = rmap_op(head, dsptes, dcount, dmore, dtail, free_stack, meta, leaf, np.int64(OP_ADD),
+                    frame, spte, I0, rs[RS_COST_TOUCH], rs[RS_COST_FREE], rs[RS_COST_CLEAR], out)
     for k in range(N_COUNTERS):
         totals[k] += out[k]
     if count + 1 > rs[RS_MAX_ENTRIES]:

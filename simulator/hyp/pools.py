@@ -90,7 +90,7 @@ def memcache_topup(free, meta, hy, p, pages):
     nfree = start
     bug = 0
     while nfree < pages:
-        idx = pool_alloc(rc, od, nx, pv, pm, 0)
+        idx = pool_alloc(rc, od, nx, pv, pm, np.int64(0))
         if idx < 0:
             break
         if pm[M_BUG_WHAT] != BUG_NONE and ptab[p, PT_RAISE] != 0:

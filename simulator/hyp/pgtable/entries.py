@@ -126,12 +126,13 @@ def _tlbi(tlog, rep, kind, addr, size, level):
 def _flush_vmid_range(tlog, rep, flags, addr, size, page_shift):
     """kvm_tlb_flush_vmid_range(): range TLBIs with FEAT_TLBIRANGE, else the whole VMID."""
     if (flags & F_TLBIRANGE) == 0:
-        _tlbi(tlog, rep, TLBI_VMID, 0, 0, TTL_UNKNOWN)
+        _tlbi(tlog, rep, np.int64(TLBI_VMID), np.int64(0), np.int64(0), np.int64(TTL_UNKNOWN))
         return
     pages = size >> page_shift
     while pages > 0:
         chunk = min(pages, MAX_TLBI_RANGE_PAGES)
-        _tlbi(tlog, rep, TLBI_RANGE, addr, chunk << page_shift, TTL_UNKNOWN)
+        _tlbi(tlog, rep, np.int64(TLBI_RANGE), addr, chunk << page_shift,
+              np.int64(TTL_UNKNOWN))
         addr += chunk << page_shift
         pages -= chunk
 
@@ -239,7 +240,7 @@ def _break_pte(row, idx, level, ctx_addr, old, tables, refcnt, free, meta, page_
             _flush_vmid_range(tlog, rep, flags, np.int64(base), np.int64(gsz), page_shift)
         elif (old & VALID) != U(0):
             base = ctx_addr & ~(gsz - U(1))
-            _tlbi(tlog, rep, TLBI_IPA, np.int64(base), np.int64(gsz), level)
+            _tlbi(tlog, rep, np.int64(TLBI_IPA), np.int64(base), np.int64(gsz), level)
     if _is_leaf(old, level):
         rep[R_UNMAPPED_BYTES] += np.int64(1) << _gshift(level, page_shift)
     if is_counted(old, level, rule):

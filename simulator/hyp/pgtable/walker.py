@@ -91,6 +91,9 @@ from simulator.hyp.pgtable.memory import (
     pt_put,
 )
 
+# int64 (not literal) arguments: a literal int would compile the callee once more per value
+I0 = np.int64(0)
+
 
 @jit
 def pgtable_walk(op, tables, refcnt, free, meta, base_pa, page_shift, root_row, start_level,
@@ -248,7 +251,7 @@ def _visit_leaf(op, row, idx, level, ctx_addr, start, end, old, phys, attr, owne
         _store(tables, row, idx, U(0), level, stat, rep)
         if not ((flags & F_TLBIRANGE) != 0 and (flags & F_FWB) != 0):
             base = np.int64(ctx_addr & ~U(gsz - 1))
-            _tlbi(tlog, rep, TLBI_IPA, base, gsz, level)
+            _tlbi(tlog, rep, np.int64(TLBI_IPA), base, gsz, level)
         if _is_leaf(old, level):
             rep[R_UNMAPPED_BYTES] += gsz
         if is_counted(old, level, rule):
@@ -351,7 +354,7 @@ def _zap_table(row, idx, level, ctx_addr, old, child, ttl, tables, refcnt, free,
     put_page() is no walk: free_subtree()'s visits of the child (made here only to keep the
     live-leaf statistics) are not the kernel's and are not reported."""
     _store(tables, row, idx, U(0), level, stat, rep)
-    _tlbi(tlog, rep, TLBI_IPA, np.int64(ctx_addr & ~U((1 << page_shift) - 1)),
+    _tlbi(tlog, rep, np.int64(TLBI_IPA), np.int64(ctx_addr & ~U((1 << page_shift) - 1)),
           np.int64(1) << page_shift, ttl)
     if is_counted(old, level, rule):
         pt_put(row, refcnt, free, meta, rep)
@@ -372,8 +375,8 @@ def _visit_post(op, row, idx, level, ctx_addr, old, tables, refcnt, free, meta, 
         # in the kernel (the host refaults them lazily); free_subtree() accounts for them.
         if refcnt[child] != 1:
             return 0
-        _zap_table(row, idx, level, ctx_addr, old, child, TTL_UNKNOWN, tables, refcnt, free,
-                   meta, base_pa, page_shift, rule, stat, rep, tlog)
+        _zap_table(row, idx, level, ctx_addr, old, child, np.int64(TTL_UNKNOWN), tables, refcnt,
+                   free, meta, base_pa, page_shift, rule, stat, rep, tlog)
         return 0
     if op == OP_DESTROY:
         if is_counted(old, level, rule):
@@ -430,6 +433,6 @@ def pgtable_entry_step(step, tables, refcnt, free, meta, base_pa, page_shift, ro
         free_subtree(child, level + 1, tables, refcnt, free, meta, base_pa, page_shift, rule,
                      stat, rep)
     elif step == STEP_FLUSH_VMID:
-        _tlbi(tlog, rep, TLBI_VMID, 0, 0, TTL_UNKNOWN)
+        _tlbi(tlog, rep, np.int64(TLBI_VMID), I0, I0, np.int64(TTL_UNKNOWN))
     rep[R_RET] = 0
     return 0
