@@ -120,7 +120,6 @@ class GuestVM:
         self.chunk = chunk
         self.shared_from = gcfg.memory - shared if shared else None
         self.alive = True
-        self.rmap = None  # the reverse map the fault path adds each leaf to (PageRmap)
         self.donor = None  # pkvm: the agent that donates a chunk a fault finds missing
         self.enomem_field = "hyp.pool_pages" if chunk is not None else "guest"
         want = self.mapping if self.mapping is not None else self.backing
@@ -162,7 +161,6 @@ class GuestVM:
     def attach_rmap(self, rmap) -> None:
         """x86's reverse map on this guest: every page leaf a fault installs is rmap_add()ed
         to the rmap of the host frame it maps (compiled, in the fault path)."""
-        self.rmap = rmap
         self.machine.rmap = rmap
         self._set(L.V_RMAP, 1)
 

@@ -50,7 +50,6 @@ class RmapAgent:
         self.machine = machine
         self.vm = vm
         self.shift = vm.geom.page_shift
-        self.page = vm.geom.page_size
         c = cfg.costs
         lo = min(base for base, _ in vm.slots)
         hi = max(base + size for base, size in vm.slots)
@@ -61,8 +60,8 @@ class RmapAgent:
         self.rmap = Rmap(frames, cfg.hyp.rmap_ext, sptes=1024, descs=64, cost_touch=c.rmap_touch,
                          cost_free=c.rmap_desc_free, cost_clear=c.rmap_clear)
         # the fault path's rmap_add() (compiled: simulator.hyp.page_rmap)
-        self.prmap = PageRmap(self.rmap, self.shift, (vm.pa_of(lo)) >> self.shift,
-                              (hi - lo) >> self.shift, lo >> self.shift, (hi - lo) >> self.shift)
+        self.prmap = PageRmap(self.rmap, self.shift, vm.pa_of(lo) >> self.shift,
+                              lo >> self.shift, (hi - lo) >> self.shift)
         self.strategy = cfg.hyp.rmap_drop
         self.drop_by = self.shared.drop_by if self.shared is not None else "frame"
         self.ctr = Counters()

@@ -404,22 +404,24 @@ class Machine:
                              self.vmt, self.g, mem.tables, mem.refcnt, mem.free, mem.meta,
                              self.stats[vm.index], s2._rep, s2._tlog, s2._stk, self.tlb_key,
                              off, sets, ways, sizes, self.wc_tag, acc)
-        ctr = self.machine_ctr
-        for name, k in (("tlbi.ops", 0), ("pgtable.pages_allocated", 1),
-                        ("pgtable.pages_freed", 2), ("cmo.bytes", 3)):
-            ctr.add(name, int(acc[k]))
-        if acc[4]:
-            raise SimulationError("engine", f"page-table refcount inconsistency ({int(acc[4])} "
-                                  "kernel WARN()s)")
+        self._count(self.machine_ctr, *(int(x) for x in acc))
         return int(cycles)
 
     def account_op(self, ctr: Counters, rep: P.OpReport) -> None:
-        ctr.add("tlbi.ops", rep.tlbi_ops)
-        ctr.add("pgtable.pages_allocated", rep.tables_allocated)
-        ctr.add("pgtable.pages_freed", rep.tables_freed)
-        ctr.add("cmo.bytes", rep.cmo_bytes)
-        if rep.warnings:
-            raise SimulationError("engine", f"page-table refcount inconsistency ({rep.warnings} "
+        self._count(ctr, rep.tlbi_ops, rep.tables_allocated, rep.tables_freed, rep.cmo_bytes,
+                    rep.warnings)
+
+    @staticmethod
+    def _count(ctr: Counters, tlbi_ops: int, allocated: int, freed: int, cmo: int,
+               warnings: int) -> None:
+        """An operation's TLBIs, table pages and cache maintenance in ``ctr``; its kernel
+        WARN()s stop the run."""
+        ctr.add("tlbi.ops", tlbi_ops)
+        ctr.add("pgtable.pages_allocated", allocated)
+        ctr.add("pgtable.pages_freed", freed)
+        ctr.add("cmo.bytes", cmo)
+        if warnings:
+            raise SimulationError("engine", f"page-table refcount inconsistency ({warnings} "
                                   "kernel WARN()s)")
 
     # -- the loop's process ------------------------------------------------------------------
@@ -479,7 +481,7 @@ class Machine:
         if call == L.CALL_REFILL:
             self._refill(ctx)
         elif call == L.CALL_RMAP_GROW:
-            vm.rmap.grow()
+            self.rmap.grow()
         else:  # donation: the VM's Python side
             vm.callout(call, ctx)
         g[L.G_PENDING] = c

@@ -87,6 +87,14 @@ class HostPhys:
                 self.owner[a:b] = OWNER_HOST
         # chunks picked for a donation whose ownership change has not happened yet
         self.reserved: dict[int, int] = {}
+        # place(): per address space, each region's start and end as an offset into the
+        # space, and its physical base
+        self._spaces = {}
+        for space, order in (("memory", self.memory), ("mmio", self.mmio)):
+            sizes = np.array([r.size for r in order], dtype=np.uint64)
+            ends = np.cumsum(sizes)
+            bases = np.array([r.base for r in order], dtype=np.uint64)
+            self._spaces[space] = (ends - sizes, ends, bases)
 
     def page(self, pa: int) -> int:
         return (pa - self.lo) >> self.page_shift
@@ -168,15 +176,26 @@ class HostPhys:
         address order, wrapping) to physical addresses; with ``respect_ownership`` the
         accesses to memory the host neither owns nor shares are dropped. Returns the
         addresses, their kinds and how many were dropped."""
-        order = self.memory if space == "memory" else self.mmio
-        sizes = np.array([r.size for r in order], dtype=np.uint64)
-        ends = np.cumsum(sizes)
-        bases = np.array([r.base for r in order], dtype=np.uint64)
+        starts, ends, bases = self._spaces[space]
         out_a = np.empty(len(addrs), dtype=np.uint64)
         out_k = np.empty(len(kinds), dtype=np.uint8)
-        n = int(host_place(addrs, kinds, ends - sizes, ends, bases, self.owner, U(self.lo),
+        n = int(host_place(addrs, kinds, starts, ends, bases, self.owner, U(self.lo),
                            U(self.hi), U(self.page_shift), respect_ownership, out_a, out_k))
         return out_a[:n], out_k[:n], len(addrs) - n
+
+
+@jit
+def _first_above(keys, x):
+    """The index of the first of the sorted ``keys`` above ``x`` (a binary search)."""
+    a = 0
+    b = keys.shape[0]
+    while a < b:
+        mid = (a + b) >> 1
+        if keys[mid] <= x:
+            a = mid + 1
+        else:
+            b = mid
+    return a
 
 
 @jit
@@ -188,14 +207,7 @@ def host_place(addrs, kinds, starts, ends, bases, owner, lo, hi, shift, respect,
     n = 0
     for i in range(addrs.shape[0]):
         o = addrs[i] % total
-        a = 0
-        b = ends.shape[0]
-        while a < b:  # the first region whose end is above o
-            mid = (a + b) >> 1
-            if ends[mid] <= o:
-                a = mid + 1
-            else:
-                b = mid
+        a = _first_above(ends, o)  # the region whose end is above o
         pa = bases[a] + (o - starts[a])
         if respect and lo <= pa < hi:
             w = owner[np.int64((pa - lo) >> shift)]
@@ -317,16 +329,8 @@ def host_idmap_step(hw, hreg, tables, refcnt, free, meta, stat, rep, tlog, stk, 
         hw[HW_RECYCLED] = 0
         hw[HW_START] = 0
         hw[HW_SIZE] = 0
-        # find_mem_range(): a binary search of the regions (sorted, disjoint)
-        lo = 0
-        hi = hreg.shape[0]
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if hreg[mid, RG_BASE] <= addr:
-                lo = mid + 1
-            else:
-                hi = mid
-        k = lo - 1
+        # find_mem_range(): the last region starting at or below addr (sorted, disjoint)
+        k = _first_above(hreg[:, RG_BASE], addr) - 1
         if k < 0 or addr >= hreg[k, RG_END]:
             hw[HW_RET] = -EPERM
             hw[HW_PHASE] = PH_DONE

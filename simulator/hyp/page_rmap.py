@@ -70,13 +70,12 @@ def rmap_add_leaf(rm, pa, ipa):
 
 
 class PageRmap:
-    """The rmap of a guest whose memory spans host frames ``[pfn_lo, pfn_lo + npfn)`` and
-    guest pages ``[gpage_lo, gpage_lo + npages)``, with ``frames`` rmap heads."""
+    """The rmap of a guest whose memory spans guest pages ``[gpage_lo, gpage_lo + npages)``
+    and, from ``pfn_lo``, as many host frames (the guest's memory is one host range)."""
 
-    def __init__(self, rmap: Rmap, page_shift: int, pfn_lo: int, npfn: int, gpage_lo: int,
-                 npages: int):
+    def __init__(self, rmap: Rmap, page_shift: int, pfn_lo: int, gpage_lo: int, npages: int):
         self.rmap = rmap
-        self.frame_of = np.full(npfn, -1, dtype=np.int64)
+        self.frame_of = np.full(npages, -1, dtype=np.int64)
         self.spte_of = np.zeros(npages, dtype=np.int64)
         self.ipa_of = np.zeros(len(rmap.leaf), dtype=np.int64)
         rs = np.zeros(N_RS, dtype=np.int64)
@@ -140,5 +139,5 @@ def empty_page_rmap() -> tuple:
     """The engine's argument when no guest keeps a reverse map (same types)."""
     global _EMPTY
     if _EMPTY is None:
-        _EMPTY = PageRmap(Rmap(1, sptes=2, descs=1), 12, 0, 1, 0, 1).arrays()
+        _EMPTY = PageRmap(Rmap(1, sptes=2, descs=1), 12, 0, 0, 1).arrays()
     return _EMPTY

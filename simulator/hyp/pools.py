@@ -160,13 +160,6 @@ class PoolMemory(PageTableMemory):
                 return k
         raise ValueError("not a pool of this memory")
 
-    def pool_of(self, row: int) -> HypPool:
-        pa = self.row_pa(row)
-        for p in self.pools:
-            if p.start_phys <= pa < p.start_phys + (p.nr_pages << p.page_shift):
-                return p
-        raise ValueError(f"row {row} is in no pool")
-
     def use(self, pool: HypPool) -> None:
         """Allocate from ``pool`` in the following operations."""
         self.current = self.index(pool)
