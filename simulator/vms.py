@@ -7,6 +7,8 @@ agents and the engine's call-outs use; the fault handler itself is compiled
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from simulator.arch import descriptors as D
@@ -136,8 +138,18 @@ class GuestVM:
             else self.shared_from, L.V_OWNER: owner_id,
             L.V_POOL: int(bool(getattr(mem, "pools", None))), L.V_HOST_LOCK: -1,
             L.V_DIRTY: int(chunk is None), L.V_SHARED_WALK: int(not exclusive),
+            **self._first_touch(cfg, gcfg),
         }, slots=self.slots, chunks=nchunks)
         self.chunks = _Chunks(machine, self, nchunks)
+
+    def _first_touch(self, cfg, gcfg) -> dict[int, int]:
+        """A guest whose memory is not populated (kvm mode): each backing page is allocated
+        and zeroed by the first fault on it."""
+        if getattr(gcfg, "populated", True):
+            return {}
+        c = cfg.costs
+        return {L.V_TOUCH_SHIFT: self.backing.bit_length() - 1,
+                L.V_TOUCH_COST: c.page_alloc + math.ceil(self.backing / c.zero_bytes_per_cycle)}
 
     # -- engine-visible state ------------------------------------------------------------------
     def _set(self, field: int, value: int) -> None:

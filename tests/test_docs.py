@@ -49,7 +49,8 @@ def test_every_config_key_is_in_the_readme():
 
 def test_every_counter_is_in_the_readme(tmp_path):
     cfg = {
-        "name": "doc", "guest": {"memory": "64MiB", "vcpus": 2},
+        "name": "doc", "guest": {"memory": "64MiB", "vcpus": 2, "populated": False},
+        "machine": {"mem_gbps": 1.0}, "costs": {"access_bytes": 64, "walk_ref_bytes": 64},
         "tlb": {"levels": [{"name": "l1", "sets": 4, "ways": 2}], "walk_cache":
                 {"entries_per_level": 2}},
         "workload": {"type": "uniform", "accesses": 2000, "write_ratio": 0.3},

@@ -143,6 +143,34 @@ def test_page_table_test_stages_split_and_rebuild_every_block(tmp_path, rebuild,
     assert r["stage.adjust_seconds"] > 0
 
 
+@pytest.mark.parametrize("rebuild", ["bbm", "install_first"])
+def test_cmo_at_fault_cleans_per_faulting_vcpu_and_install_per_installed_leaf(tmp_path,
+                                                                               rebuild):
+    """hyp.cmo_at: fault (5.11's user_mem_abort()) cleans the mapping size on every
+    translation fault, before the map, whether or not another vCPU installed the leaf
+    already; install (5.14 on) cleans in the walker, once per leaf it installs."""
+    blocks, block, page = 4, 2 * MIB, 4096
+    c = {}
+    for at in ("install", "fault"):
+        exp = experiment(tmp_path, hyp__rebuild=rebuild, hyp__cmo_at=at, guest__vcpus=3,
+                         engine__mmu_lock="exclusive")
+        c[at] = run_config(exp.variants["default"])["counters"]
+    f, i = c["fault"], c["install"]
+    assert f["translation_faults"] == i["translation_faults"]  # the same faults, other costs
+    # fault: each vCPU cleans each block it faults on (CREATE, ADJUST) and each page it
+    # faults on in UPDATE; the UPDATE permission faults that split the blocks clean nothing
+    assert f["stage.create.translation_faults"] == 3 * blocks
+    assert f["stage.create.cmo.bytes"] == 3 * blocks * block
+    assert f["stage.update.cmo.bytes"] == f["stage.update.translation_faults"] * page
+    assert f["stage.update.translation_faults"] == 3 * blocks * 256
+    assert f["stage.adjust.cmo.bytes"] == f["stage.adjust.translation_faults"] * block
+    # install: each block once when created and (bbm) once when rebuilt; in UPDATE each
+    # page installed once (256 per block) and the page that split each block
+    assert i["stage.create.cmo.bytes"] == blocks * block
+    assert i["stage.update.cmo.bytes"] == blocks * (256 + 1) * page
+    assert i["stage.adjust.cmo.bytes"] == (blocks * block if rebuild == "bbm" else 0)
+
+
 def test_the_bbm_window_is_far_longer_than_installing_first(tmp_path):
     t = {}
     for rebuild in ("bbm", "install_first"):

@@ -113,6 +113,10 @@ class ExperimentConfig(_Model):
                 if ps not in geom.leaf_sizes().values():
                     raise ValueError(f"tlb.levels.{lv.name}.page_sizes: {format_size(ps)} is not "
                                      f"a leaf size of the {self.machine.granule} granule")
+        if self.hyp.cmo_at == "fault" and self.engine.mmu_lock != "exclusive":
+            raise ValueError("hyp.cmo_at: fault is 5.11's user_mem_abort(), whose MMU lock is "
+                             "a spinlock: set engine.mmu_lock: exclusive (no kernel cleaned "
+                             "at fault time under the 6.2 read lock)")
         self._check_rmap(geom)
         return self
 
@@ -137,6 +141,10 @@ class ExperimentConfig(_Model):
     def _check_pkvm(self, geom: Geometry) -> None:
         from simulator.hyp.page_alloc import layout_supports
 
+        for i, g in enumerate(self.guests):
+            if not g.populated:
+                raise ValueError(f"guests[{i}].populated: a pKVM guest's memory is host memory "
+                                 "donated to it; only a kvm-mode guest can be left unpopulated")
         reason = layout_supports(self.hyp.vmemmap_layout, geom.page_shift)
         if reason:
             raise ValueError(f"hyp.vmemmap_layout: {reason}")

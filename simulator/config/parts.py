@@ -55,10 +55,19 @@ class MachineConfig(_Model):
                            "first, 2 replace in place (TLB conflict aborts possible).")
     dic: bool = Field(default=False, description="CTR_EL0.DIC: no icache maintenance; guest "
                       "mappings are executable from the start.")
+    mem_gbps: float | None = Field(default=None, gt=0, le=1e5, description="Sustained memory "
+                                   "throughput all CPUs share, GB/s (10^9 bytes/s): the DRAM "
+                                   "traffic of their accesses and walks (costs.access_bytes, "
+                                   "costs.walk_ref_bytes) queues for it. None: unlimited.")
 
     @property
     def page_shift(self) -> int:
         return GRANULES[self.granule]
+
+    @property
+    def mem_bytes_per_cycle(self) -> float:
+        """machine.mem_gbps in bytes per CPU cycle; 0.0: unlimited."""
+        return 0.0 if self.mem_gbps is None else self.mem_gbps / self.clock_ghz
 
 
 # ---------------------------------------------------------------------------------------
@@ -85,6 +94,12 @@ class GuestConfig(_Model):
                              "anonymous (base pages), thp (2 MiB), hugetlb_2m, hugetlb_1g. "
                              "Bounds the 'largest' mapping.")
     premap: bool = Field(default=False, description="Map all guest memory before time 0.")
+    populated: bool = Field(default=True, description="The VMM touched all guest memory "
+                            "before the run (MAP_POPULATE, a memset). false: the first "
+                            "stage-2 fault on each backing page allocates and zeroes it "
+                            "(gfn_to_pfn(), before the MMU lock; costs.page_alloc, "
+                            "costs.zero_bytes_per_cycle), and vCPUs faulting on it meanwhile "
+                            "wait for it.")
     pa_base: Size = Field(default=1 << 30, description="Host physical address of guest memory.")
     placement: Literal["identity", "first_touch"] = Field(
         default="identity", description="Where the guest keeps what the workload touches: "
@@ -156,6 +171,12 @@ class CostsConfig(_Model):
     walk_mem_ref: int = Field(default=40, ge=0, description="One descriptor read by the "
                               "hardware walk, cycles (walks mostly hit L2/L3).")
     walk_cache_hit: int = Field(default=2, ge=0, description="A walk-cache hit, cycles.")
+    access_bytes: int = Field(default=0, ge=0, le=4096, description="Memory traffic of one "
+                              "access, bytes (64: a line fill from DRAM each; 0: accesses hit "
+                              "in the caches). Drawn from machine.mem_gbps.")
+    walk_ref_bytes: int = Field(default=0, ge=0, le=4096, description="Memory traffic of one "
+                                "descriptor read by the hardware walk, bytes (0: descriptors "
+                                "hit in the caches). Drawn from machine.mem_gbps.")
     fault_entry_exit: int = Field(default=1500, ge=0, description="Stage-2 abort: exception "
                                   "entry to EL2, exit and re-entry to the guest, cycles.")
     fault_handler: int = Field(default=2500, ge=0, description="user_mem_abort() work outside "
@@ -171,6 +192,11 @@ class CostsConfig(_Model):
     tlbi_vmid: int = Field(default=400, ge=0, description="TLBI VMALLS12E1IS + DSB, cycles.")
     cmo_bytes_per_cycle: float = Field(default=3.2, gt=0, description="dcache clean+invalidate "
                                        "to PoC throughput without FWB, bytes per cycle.")
+    page_alloc: int = Field(default=1500, ge=0, description="Host: allocating one backing page "
+                            "on a guest's first touch (buddy or hugetlb pool, the VMM's page "
+                            "table, accounting), zeroing not included, cycles.")
+    zero_bytes_per_cycle: float = Field(default=8.0, gt=0, description="Host: zeroing a new "
+                                        "backing page (clear_page(), DC ZVA), bytes per cycle.")
     icache_bytes_per_cycle: float = Field(default=64.0, gt=0, description="icache invalidate "
                                           "to PoU throughput, bytes per cycle.")
     perm_fault_handler: int = Field(default=1000, ge=0, description="Permission-fault handling "
@@ -232,6 +258,12 @@ class HypConfig(_Model):
         default="bbm", description="How a fault replaces a table by a block: bbm (5.11: "
         "invalidate, TLBI, unmap the subtree, CMO the block, install), install_first (seed "
         "003: install, then unmap), ttrem (seed 001, with machine.bbm_level).")
+    cmo_at: Literal["install", "fault"] = Field(
+        default="install", description="Where the dcache clean of a new mapping runs without "
+        "FWB: install (5.14 on, commit 25aa28691bb9: the map walker cleans a leaf it installs) "
+        "or fault (5.11: user_mem_abort() cleans the whole mapping size on every "
+        "non-permission fault, under the MMU lock, before the map, even when the leaf is "
+        "there already; needs engine.mmu_lock: exclusive).")
     dirty_log: DirtyLogConfig = Field(default_factory=DirtyLogConfig, description="Dirty "
                                       "logging (kvm mode).")
     rmap: Literal["none", "pte_list"] = Field(

@@ -43,6 +43,7 @@ from simulator.engine.layout import (
     P_C_TLBI_RANGE,
     P_C_TLBI_VMID,
     P_C_VISIT,
+    P_CMO_AT_FAULT,
     P_DIC,
     P_DIRTY_PAGE,
     P_FWB,
@@ -99,6 +100,7 @@ from simulator.hyp.pgtable import (
     F_FORCE_PTE,
     F_HANDLE_FAULT,
     F_SHARED,
+    F_SKIP_CMO,
     F_TLBIRANGE,
     OP_ATTR,
     OP_GET_LEAF,
@@ -343,7 +345,15 @@ def handle(c, v, cpu, now, md, sc, tl, mem, wk):
     st[c, S_START] = start
     st[c, S_SIZE] = bs
     st[c, S_LEVEL] = level
-    if level < 3 and _locate(tables, vmt, v, ps, start, level, loc) and is_table(U(loc[2]), level):
+    rb = level < 3 and _locate(tables, vmt, v, ps, start, level, loc) and is_table(U(loc[2]),
+                                                                                level)
+    if pr[P_CMO_AT_FAULT] != 0 and fstatus != W_PERMISSION and not rb and pr[P_FWB] == 0:
+        # 5.11: clean_dcache_guest_page() of the whole mapping size, before the map, whether
+        # or not the map finds the leaf installed already (a rebuild's program does it first)
+        st[c, S_OPC] = opc + np.int64(bs / fp[FP_CMO])
+        ec[c, E_CMO] += bs
+        tc[c, E_CMO] = 1
+    if rb:
         # a table where the block goes: rebuild it (seeds 001 and 003)
         ec[c, E_RB_BLOCKS] += 1
         tc[c, E_RB_BLOCKS] = 1
@@ -385,6 +395,8 @@ def map_fault(c, v, md, sc, tl, mem, wk):
     bs = st[c, S_SIZE]
     logging = vmt[v, V_LOGGING] != 0
     flags = F_HANDLE_FAULT | vmt[v, V_FLAGS] | (F_FORCE_PTE if logging else 0)
+    if pr[P_CMO_AT_FAULT] != 0:
+        flags |= F_SKIP_CMO  # the handler cleaned before the map (5.11)
     if vmt[v, V_SHARED_WALK] != 0:
         flags |= F_SHARED
     phys = pa_of(vmt, v, chunks, start, ps) & ~(page - 1)

@@ -32,22 +32,24 @@ Mem = namedtuple("Mem", "tables refcnt free meta hy")
 Streams = namedtuple("Streams", "addrs kinds costs ctr fault")
 # the rest: per-stage-2 leaf counts, the walker's report, TLBI log and stack, the logging
 # guest's dirty bitmap, the ownership record (pkvm), scratch, pKVM's host abort work area and
-# regions, the reverse map of the guest that keeps one
-Work = namedtuple("Work", "stats rep tlog stk dirty owner loc hw hreg rm")
+# regions, the reverse map of the guest that keeps one, and when each backing page of a guest
+# that is not populated is ready (-1: untouched; a memslot's pages start at its slots[k, 2])
+Work = namedtuple("Work", "stats rep tlog stk dirty owner loc hw hreg rm touch")
 
 # ---- machine parameters (int64) ------------------------------------------------------------
 (P_PAGE_SHIFT, P_QUANTUM, P_MAX_CYCLES, P_EXIT, P_LOCK, P_DIRTY_PAGE, P_PERM_HANDLER,
  P_TLBI_IPA, P_CONFLICT, P_FWB, P_DIC, P_C_VISIT, P_C_STORE, P_C_ALLOC, P_C_FREE,
  P_C_TLBI_IPA, P_C_TLBI_RANGE, P_C_TLBI_VMID, P_TIMESLICE, P_OWNER_BASE,
- P_GROW, P_ATTR, P_ATTR_X) = range(23)
-N_PARAMS = 24
-FP_CMO, FP_ICACHE = 0, 1  # bytes per cycle
+ P_GROW, P_ATTR, P_ATTR_X, P_CMO_AT_FAULT, P_ACC_BYTES, P_WALK_BYTES) = range(26)
+N_PARAMS = 26
+FP_CMO, FP_ICACHE, FP_BW = 0, 1, 2  # bytes per cycle (FP_BW 0: unlimited)
+N_FPARAMS = 3
 
 # ---- a stage-2 (int64 row) -----------------------------------------------------------------
 (V_KIND, V_VMID, V_MEM, V_ROOT, V_START_LEVEL, V_IA_BITS, V_TBASE, V_FLAGS, V_RULE, V_LOCK,
  V_ENTRY, V_WANT, V_PA_BASE, V_CHUNK, V_CHUNK_OFF, V_NCHUNK, V_SHARED_FROM, V_OWNER,
  V_LOGGING, V_SLOT_OFF, V_NSLOT, V_RMAP, V_ALIAS_START, V_ALIAS_PAGES, V_ALIAS_FRAMES,
- V_POOL, V_HOST_LOCK, V_DIRTY, V_SHARED_WALK) = range(29)
+ V_POOL, V_HOST_LOCK, V_DIRTY, V_SHARED_WALK, V_TOUCH_SHIFT, V_TOUCH_COST) = range(31)
 N_VM_FIELDS = 32
 VM_GUEST = 0  # user_mem_abort(), compiled
 VM_HOST = 1  # pKVM's handle_host_mem_abort(): host_stage2_idmap(), compiled
@@ -69,7 +71,7 @@ ST_CPU_GRANTED = 4  # given its CPU after a wait
 ST_LOCK = 5  # take lock S_LOCK (S_WRITE), then go on in state S_NEXT
 ST_LOCK_WAIT = 6  # queued on the lock (not in the heap)
 ST_LOCK_GRANTED = 7  # granted after a wait: count it, go on in state S_NEXT
-ST_ENTERED = 8  # after the fault entry: a missing donated chunk, or the lock
+ST_ENTERED = 8  # after the fault entry: the host's first touch of the page (not populated)
 ST_HANDLE = 9  # under the lock: user_mem_abort()'s work
 ST_MAP = 10  # the map (the memcache topped up and settled when the memory is pool-backed)
 ST_MAPPED = 11  # after the map: rmap_add()
@@ -86,21 +88,24 @@ ST_STREAM_END = 21  # the stream is exhausted (set by Python)
 ST_END = 22  # after the final debt timeout
 ST_DONE = 23
 ST_IDLE = 24  # not started
+ST_TOUCHED = 25  # the host page behind the fault is there: a missing donated chunk, or the lock
 
 # ---- engine counters per context; names as results.json has them ----------------------
 EXTRA_NAMES = ("tlb_conflict_aborts", "faults.in_window", "lock_wait_cycles", "dirty.pages",
                "tlbi.ops", "faults.spurious", "fault_cycles", "pgtable.pages_allocated",
                "pgtable.pages_freed", "cmo.bytes", "rebuild.blocks", "rebuild.window_cycles",
                "faults.enomem", "sched.wait_cycles", "sched.slices", "aborts",
-               "illegal_accesses")
+               "illegal_accesses", "mem.bytes", "mem.stall_cycles", "first_touch.pages",
+               "first_touch.cycles", "first_touch.wait_cycles")
 (E_CONFLICT, E_IN_WINDOW, E_LOCK_WAIT, E_DIRTY, E_TLBI_OPS, E_SPURIOUS, E_FAULT_CYCLES,
  E_ALLOC, E_FREED, E_CMO, E_RB_BLOCKS, E_RB_WINDOW, E_ENOMEM, E_SCHED_WAIT,
- E_SCHED_SLICES, E_ABORTS, E_ILLEGAL) = range(17)
-N_EXTRA = 17
+ E_SCHED_SLICES, E_ABORTS, E_ILLEGAL, E_MEM_BYTES, E_MEM_STALL, E_TOUCH, E_TOUCH_CYCLES,
+ E_TOUCH_WAIT) = range(22)
+N_EXTRA = 22
 
 # ---- globals ---------------------------------------------------------------------------
 (G_NWIN, G_TLBI_ENTRIES, G_DONE_ACC, G_PENDING, G_ERR, G_ERR_CTX, G_ERR_IPA, G_CALL,
- G_CALL_CTX) = range(4, 13)
+ G_CALL_CTX, G_MEM_FREE) = range(4, 14)  # G_MEM_FREE: the memory system is busy until then
 N_GLOBALS = 16
 
 # return codes of advance()

@@ -49,22 +49,30 @@ from simulator.engine.layout import (
     E_ILLEGAL,
     E_IN_WINDOW,
     E_LOCK_WAIT,
+    E_MEM_BYTES,
+    E_MEM_STALL,
     E_SCHED_SLICES,
+    E_TOUCH,
+    E_TOUCH_CYCLES,
+    E_TOUCH_WAIT,
     E_SCHED_WAIT,
     E_SPURIOUS,
     ERR_HOST_ENOMEM,
     ERR_HYP_BUG,
     ERR_OUTSIDE,
     ERR_STUCK,
+    FP_BW,
     G_CALL,
     G_CALL_CTX,
     G_DONE_ACC,
     G_ERR,
     G_ERR_CTX,
     G_ERR_IPA,
+    G_MEM_FREE,
     G_NWIN,
     G_PENDING,
     GROW_MARGIN,
+    P_ACC_BYTES,
     P_CONFLICT,
     P_EXIT,
     P_GROW,
@@ -74,6 +82,7 @@ from simulator.engine.layout import (
     P_PAGE_SHIFT,
     P_QUANTUM,
     P_TIMESLICE,
+    P_WALK_BYTES,
     RET_CALL,
     RET_ERROR,
     RET_HORIZON,
@@ -132,6 +141,7 @@ from simulator.engine.layout import (
     ST_RUN,
     ST_STREAM_END,
     ST_TOP,
+    ST_TOUCHED,
     V_CHUNK,
     V_CHUNK_OFF,
     V_ENTRY,
@@ -148,6 +158,8 @@ from simulator.engine.layout import (
     V_SLOT_OFF,
     V_START_LEVEL,
     V_TBASE,
+    V_TOUCH_COST,
+    V_TOUCH_SHIFT,
     V_VMID,
     VM_HOST,
 )
@@ -178,7 +190,7 @@ from simulator.hyp.host import (
 from simulator.hyp.page_rmap import rmap_add_leaf
 from simulator.hyp.pgtable import EAGAIN, ENOMEM, EPERM, M_HWM, M_NFREE, tables_needed
 from simulator.hyp.pools import memcache_settle, memcache_topup
-from simulator.mmu.batch import B_FAULT, FR_IPA, FR_KIND, FR_STATUS, run_batch
+from simulator.mmu.batch import B_FAULT, C_WALK_REFS, FR_IPA, FR_KIND, FR_STATUS, run_batch
 from simulator.mmu.walk import W_CONFLICT, W_PERMISSION
 
 U = np.uint64
@@ -213,7 +225,7 @@ def advance(horizon, md, sc, tl, mems, sm, wk):
     (key2, stamp2, tpa2, tperm2, off, sets, ways, lat, sizes, serves, lay, wc_tag3, wc_row3,
      wc_stamp3, clock2) = tl
     addrs2, kinds2, costs, ctr2, fault2 = sm
-    stats, rep, tlog, stk, dirty, owner, loc, hw, hreg, rm = wk
+    stats, rep, tlog, stk, dirty, owner, loc, hw, hreg, rm, touch = wk
     ps = pr[P_PAGE_SHIFT]
     while True:
         if pr[P_GROW] != 0:
@@ -273,6 +285,7 @@ def advance(horizon, md, sc, tl, mems, sm, wk):
                 continue
             if s == ST_RUN:
                 before = st[c, S_POS]
+                refs = ctr2[c, C_WALK_REFS]
                 i, used, status = run_batch(
                     addrs2[c], kinds2[c], before, st[c, S_LEN], pr[P_QUANTUM], vmt[v, V_VMID],
                     tables, vmt[v, V_TBASE], ps, vmt[v, V_ROOT], vmt[v, V_START_LEVEL],
@@ -284,6 +297,10 @@ def advance(horizon, md, sc, tl, mems, sm, wk):
                 st[c, S_BEFORE] = before
                 st[c, S_STATUS] = status
                 g[G_DONE_ACC] += i - before
+                if fp[FP_BW] > 0.0:
+                    used = _memory(c, now, used, (i - before) * pr[P_ACC_BYTES]
+                                   + (ctr2[c, C_WALK_REFS] - refs) * pr[P_WALK_BYTES], fp, g, ec,
+                                   tc)
                 used += st[c, S_DEBT]
                 st[c, S_DEBT] = 0
                 st[c, S_STATE] = ST_AFTER_RUN
@@ -354,6 +371,14 @@ def advance(horizon, md, sc, tl, mems, sm, wk):
                 push(ht, hs, hc, g, now + vmt[v, V_ENTRY], c)
                 break
             if s == ST_ENTERED:
+                st[c, S_STATE] = ST_TOUCHED
+                if vmt[v, V_TOUCH_SHIFT] != 0 and st[c, S_FSTATUS] != W_PERMISSION:
+                    wait = _first_touch(c, v, now, vmt, slots, st, ec, tc, touch)
+                    if wait > 0:
+                        push(ht, hs, hc, g, now + wait, c)
+                        break
+                continue
+            if s == ST_TOUCHED:
                 ch = vmt[v, V_CHUNK]
                 if ch > 0 and chunks[vmt[v, V_CHUNK_OFF] + st[c, S_IPA] // ch] < 0:
                     # a ballooned chunk touched again: the host donates a new one
@@ -511,6 +536,49 @@ def advance(horizon, md, sc, tl, mems, sm, wk):
             break  # ST_DONE, ST_CPU_WAIT, ST_LOCK_WAIT, ST_NEED_CHUNK: nothing to run
         if g[G_NSIG] > 0:
             return RET_SIGNAL
+
+
+@jit
+def _first_touch(c, v, now, vmt, slots, st, ec, tc, touch):
+    """A guest whose memory the VMM did not populate: gfn_to_pfn() before the MMU lock
+    allocates and zeroes the backing page (a base page, a THP or a hugetlb page) on its first
+    fault; a vCPU that faults on it meanwhile waits until it is ready (the page lock, or
+    hugetlb's fault mutex). Returns the cycles the context spends before the lock."""
+    k = st[c, S_SLOT]
+    i = slots[k, 2] + ((st[c, S_IPA] - slots[k, 0]) >> vmt[v, V_TOUCH_SHIFT])
+    ready = touch[i]
+    if ready < 0:
+        touch[i] = now + vmt[v, V_TOUCH_COST]
+        ec[c, E_TOUCH] += 1
+        ec[c, E_TOUCH_CYCLES] += vmt[v, V_TOUCH_COST]
+        tc[c, E_TOUCH] = 1
+        tc[c, E_TOUCH_CYCLES] = 1
+        return vmt[v, V_TOUCH_COST]
+    if ready > now:
+        ec[c, E_TOUCH_WAIT] += ready - now
+        tc[c, E_TOUCH_WAIT] = 1
+        return ready - now
+    return 0
+
+
+@jit
+def _memory(c, now, used, nbytes, fp, g, ec, tc):
+    """The quantum's memory traffic through the memory system all CPUs share: one server of
+    ``machine.mem_gbps``, taking quanta in the order they start (each one's bytes are
+    served after those of the quanta that started before it). The quantum lasts until its
+    bytes are served, when that is later than its own cycles. Returns its cycles."""
+    if nbytes <= 0:
+        return used
+    start = now if g[G_MEM_FREE] < now else g[G_MEM_FREE]
+    done = start + np.int64(np.ceil(nbytes / fp[FP_BW]))
+    g[G_MEM_FREE] = done
+    ec[c, E_MEM_BYTES] += nbytes
+    tc[c, E_MEM_BYTES] = 1
+    tc[c, E_MEM_STALL] = 1
+    if done - now > used:
+        ec[c, E_MEM_STALL] += done - now - used
+        return done - now
+    return used
 
 
 @jit

@@ -80,6 +80,9 @@ class Machine:
         pr[L.P_CONFLICT] = c.tlb_conflict_abort
         pr[L.P_FWB] = int(cfg.machine.fwb)
         pr[L.P_DIC] = int(cfg.machine.dic)
+        pr[L.P_CMO_AT_FAULT] = int(cfg.hyp.cmo_at == "fault")
+        pr[L.P_ACC_BYTES] = c.access_bytes
+        pr[L.P_WALK_BYTES] = c.walk_ref_bytes
         pr[L.P_C_VISIT] = c.pte_visit
         pr[L.P_C_STORE] = c.pte_store
         pr[L.P_C_ALLOC] = c.table_alloc
@@ -93,7 +96,10 @@ class Machine:
         pr[L.P_ATTR] = D.prot_attr(D.PROT_R | D.PROT_W)
         pr[L.P_ATTR_X] = D.prot_attr(D.PROT_R | D.PROT_W | D.PROT_X)
         self.pr = pr
-        self.fp = np.array([c.cmo_bytes_per_cycle, c.icache_bytes_per_cycle], dtype=np.float64)
+        self.fp = np.zeros(L.N_FPARAMS, dtype=np.float64)
+        self.fp[L.FP_CMO] = c.cmo_bytes_per_cycle
+        self.fp[L.FP_ICACHE] = c.icache_bytes_per_cycle
+        self.fp[L.FP_BW] = cfg.machine.mem_bytes_per_cycle
         self.op_costs = OpCosts(pr, self.fp)
         self.costs = np.zeros(N_COSTS, dtype=np.int64)
         self.costs[0] = c.access
@@ -101,7 +107,8 @@ class Machine:
         self.costs[2] = c.walk_cache_hit
         if cfg.hyp.rebuild == "ttrem" and cfg.machine.bbm_level == 2:
             self.costs[K_CONFLICT] = 1  # TLB conflicts become possible: look for them
-        self.rbprog = program(cfg.hyp.rebuild, cfg.machine.bbm_level)
+        self.rbprog = program(cfg.hyp.rebuild, cfg.machine.bbm_level,
+                              cfg.hyp.cmo_at == "fault" and not cfg.machine.fwb)
         self.block_levels = np.array(g.block_levels(), dtype=np.int64)
         self.owner = np.zeros(0, dtype=np.uint8)
         self.dirty = np.zeros(0, dtype=np.bool_)
@@ -109,7 +116,8 @@ class Machine:
         self.g = np.zeros(L.N_GLOBALS, dtype=np.int64)
         self.g[L.G_PENDING] = -1
         self.vmt = np.zeros((0, L.N_VM_FIELDS), dtype=np.int64)
-        self.slots = np.zeros((0, 2), dtype=np.int64)
+        self.slots = np.zeros((0, 3), dtype=np.int64)  # base, size, first page in touch
+        self.touch = np.zeros(0, dtype=np.int64)
         self.chunks = np.zeros(0, dtype=np.int64)
         self.stats = np.zeros((0, P.STAT_SIZE), dtype=np.int64)
         self.lk = np.zeros((0, S.N_LOCK_FIELDS), dtype=np.int64)
@@ -175,8 +183,13 @@ class Machine:
             self.vmt[v, k] = val
         self.vmt[v, L.V_SLOT_OFF] = self.slots.shape[0]
         self.vmt[v, L.V_NSLOT] = len(slots)
-        if slots:
-            self.slots = np.concatenate([self.slots, np.array(slots, np.int64).reshape(-1, 2)])
+        shift = self.vmt[v, L.V_TOUCH_SHIFT]
+        for base, size in slots:
+            self.slots = np.concatenate([self.slots, np.array([[base, size, self.touch.size]],
+                                                              np.int64)])
+            if shift:  # not populated: each backing page is touched first by a fault
+                self.touch = np.concatenate([self.touch, np.full(-(-size >> shift), -1,
+                                                                  np.int64)])
         self.vmt[v, L.V_CHUNK_OFF] = self.chunks.shape[0]
         if chunks:
             self.chunks = np.concatenate([self.chunks, np.full(chunks, -1, np.int64)])
@@ -467,7 +480,8 @@ class Machine:
             L.Streams(self.addrs2, self.kinds2, self.costs, self.ctr2, self.fault2),
             L.Work(self.stats, self.rep, self.tlog, self.stk, self.dirty, self.owner, self.loc,
                    self.hw, self.hreg,
-                   self.rmap.arrays() if self.rmap is not None else empty_page_rmap()))
+                   self.rmap.arrays() if self.rmap is not None else empty_page_rmap(),
+                   self.touch))
 
     def _serve(self, call: int, c: int) -> None:
         """Serve a call-out for context ``c``; the context then resumes at once."""

@@ -63,10 +63,18 @@ PROGRAMS = {
 }
 
 
-def program(rebuild: str, bbm_level: int) -> np.ndarray:
-    """The step program of ``hyp.rebuild`` (with ``machine.bbm_level`` for ttrem)."""
+def program(rebuild: str, bbm_level: int, clean_first: bool = False) -> np.ndarray:
+    """The step program of ``hyp.rebuild`` (with ``machine.bbm_level`` for ttrem).
+
+    ``clean_first`` (``hyp.cmo_at: fault`` without FWB: 5.11 without seed 003's patch 1):
+    user_mem_abort() cleans the block before it calls the map, under the lock and before
+    any entry changes, so the clean and its time come first and the walker's own clean
+    (bbm's RB_CMO) is gone."""
     name = f"ttrem{bbm_level}" if rebuild == "ttrem" else rebuild
-    return np.array(PROGRAMS[name], dtype=np.int64)
+    steps = PROGRAMS[name]
+    if clean_first:
+        steps = (RB_CMO, RB_WAIT) + tuple(op for op in steps if op != RB_CMO)
+    return np.array(steps, dtype=np.int64)
 
 
 __all__ = ["PROGRAMS", "STRATEGIES", "program"]

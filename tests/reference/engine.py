@@ -25,6 +25,7 @@ coalescing), balloon relinquish, and the host abort handler.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from simulator.hyp.pgtable import PageTableMemory, Stage2
 from simulator.mmu import TLBHierarchy, TLBLevelSpec, WalkCache
 from simulator.mmu.batch import (
     B_FAULT,
+    C_WALK_REFS,
     FETCH,
     FR_IPA,
     FR_KIND,
@@ -287,6 +289,7 @@ class GuestVM(VM):
         self.pa_base = gcfg.pa_base
         self.mapping = None if gcfg.mapping == "largest" else _size(gcfg.mapping)
         self.backing = _backing(gcfg.backing, self.geom)
+        self.ready: dict[tuple[int, int], int] = {}  # backing page -> when it is there
         self.lock = lock or Lock(machine.env, cfg.engine.mmu_lock == "exclusive")
         self.contexts: list[Context] = []
         self.ctr = Counters()
@@ -409,6 +412,22 @@ class GuestVM(VM):
         if any(lo <= ipa < hi for lo, hi in self.windows):
             ctx.ctr.add("faults.in_window")
         yield cpu_event(env, costs.fault_entry_exit // 2 + costs.fault_handler)
+        if not getattr(self.gcfg, "populated", True) and status != W_PERMISSION:
+            # gfn_to_pfn(): the host allocates and zeroes the backing page on its first
+            # fault; whoever faults on it meanwhile waits until it is there
+            key = (slot[0], (ipa - slot[0]) // self.backing)
+            ready = self.ready.get(key)
+            wait = 0
+            if ready is None:
+                wait = costs.page_alloc + math.ceil(self.backing / costs.zero_bytes_per_cycle)
+                self.ready[key] = env.now + wait
+                ctx.ctr.add("first_touch.pages")
+                ctx.ctr.add("first_touch.cycles", wait)
+            elif ready > env.now:
+                wait = ready - env.now
+                ctx.ctr.add("first_touch.wait_cycles", wait)
+            if wait:
+                yield cpu_event(env, wait)
         if self.chunk is not None and self.chunks[ipa // self.chunk] is None:
             # a ballooned chunk touched again: the host donates a new one
             yield from m.donate_chunk(self, ipa // self.chunk, ctx.ctr, cpu=True)
@@ -445,14 +464,26 @@ class GuestVM(VM):
             prot = self.prot_for(kind)
             level = self.geom.level_for_size(bs)
             loc = self.s2.locate(start, level) if level < 3 else None
-            if loc is not None and D.is_table(D.U(loc[2]), level):
+            rebuilds = loc is not None and D.is_table(D.U(loc[2]), level)
+            at_fault = m.cfg.hyp.cmo_at == "fault"
+            if at_fault and not m.cfg.machine.fwb and status != W_PERMISSION:
+                # 5.11's user_mem_abort(): clean_dcache_guest_page(pfn, vma_pagesize) under
+                # the lock, before the map, whether or not the map will find the leaf there
+                # (not for a permission fault, even one that splits a block while logging)
+                ctx.ctr.add("cmo.bytes", bs)
+                cmo = int(bs / costs.cmo_bytes_per_cycle)
+                if rebuilds:
+                    yield cpu_event(env, cmo)  # before the rebuild changes any entry
+                else:
+                    op_cycles += cmo
+            if rebuilds:
                 # a table where the block goes: rebuild it (seeds 001 and 003)
                 op_cycles += yield from rebuild_block(self, ctx, start, level, loc, prot)
                 yield from m.end_fault(ctx, self.lock, t0, op_cycles)
                 return
             rep = self.s2.map(start, bs, self.pa_of(start), prot, handle_fault=True,
                               sw=self.sw_of(start), force_pte=self.logging,
-                              shared=not self.lock.exclusive)
+                              shared=not self.lock.exclusive, cmo=not at_fault)
             if rep.ret == -P.ENOMEM:
                 # the fault returns -ENOMEM to its caller, which tops up and re-enters the
                 # guest: the access faults again. Only a pool that never refills stops the run.
@@ -497,6 +528,26 @@ def _backing(backing: str, g: Geometry) -> int:
             "hugetlb_1g": 1 << 30}[backing]
 
 
+class MemorySystem:
+    """The memory throughput all CPUs share: a queue of bytes served at ``rate`` bytes per
+    cycle (0: unlimited), in the order the quanta that need them start."""
+
+    def __init__(self, rate: float):
+        self.rate = rate
+        self.busy_until = 0
+
+    def quantum(self, ctr: Counters, now: int, cycles: int, nbytes: int) -> int:
+        """A quantum of ``cycles`` starting at ``now`` that moves ``nbytes``: how long it
+        lasts (until its bytes are served, if that is later)."""
+        if not self.rate or nbytes <= 0:
+            return cycles
+        start = max(now, self.busy_until)
+        self.busy_until = start + math.ceil(nbytes / self.rate)
+        ctr.add("mem.bytes", nbytes)
+        ctr.add("mem.stall_cycles", max(0, self.busy_until - now - cycles))
+        return max(cycles, self.busy_until - now)
+
+
 class Machine:
     """The simulated machine for one variant (kvm mode: one guest; pkvm: see PkvmMachine)."""
 
@@ -512,6 +563,7 @@ class Machine:
         self.progress = progress
         self.machine_ctr = Counters()
         self.done_accesses = 0
+        self.memory = MemorySystem(cfg.machine.mem_bytes_per_cycle)
         self.totals: list[int | None] = []
         self.cpus: list[Cpu] = []
         self.contexts: list[Context] = []
@@ -629,8 +681,13 @@ class Machine:
                         ctx.ctr.add("sched.wait_cycles", since - t0)
                         ctx.ctr.add("sched.slices")
                     before = i
+                    refs = int(ctx.mmu.ctr[C_WALK_REFS])
                     i, used, status = ctx.mmu.run(vm.s2, addrs, kinds, i, n, quantum)
                     self.done_accesses += i - before
+                    costs = self.cfg.costs
+                    used = self.memory.quantum(
+                        ctx.ctr, env.now, used, (i - before) * costs.access_bytes
+                        + (int(ctx.mmu.ctr[C_WALK_REFS]) - refs) * costs.walk_ref_bytes)
                     used += ctx.debt
                     ctx.debt = 0
                     if used:

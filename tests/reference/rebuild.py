@@ -76,8 +76,10 @@ def rebuild_block(vm: "GuestVM", ctx: "Context", start: int, level: int, loc, pr
         t0 = env.now
         if strategy == "bbm":
             freed = step(P.STEP_FREE, child=child)
-            cmo = 0 if cfg.machine.fwb else int(size / cfg.costs.cmo_bytes_per_cycle)
-            ctr.add("cmo.bytes", 0 if cfg.machine.fwb else size)
+            # the walker cleans the block it installs (5.13 on); 5.11 cleaned before the map
+            clean = not cfg.machine.fwb and cfg.hyp.cmo_at == "install"
+            cmo = int(size / cfg.costs.cmo_bytes_per_cycle) if clean else 0
+            ctr.add("cmo.bytes", size if clean else 0)
             yield cpu_event(env, cost(rep) + cost(freed) + cmo)
             vm.windows.remove(window)
             ctr.add("rebuild.window_cycles", env.now - t0)

@@ -197,16 +197,17 @@ class Stage2:
     # -- operations ----------------------------------------------------------------------
     def map(self, ipa: int, size: int, phys: int, prot: int = D.PROT_RWX, *,
             force_pte: bool = False, handle_fault: bool = False, attr: int | None = None,
-            sw: int = 0, shared: bool = False) -> OpReport:
+            sw: int = 0, shared: bool = False, cmo: bool = True) -> OpReport:
         """kvm_pgtable_stage2_map(): map [ipa, ipa + size) to ``phys`` with blocks wherever
         kvm_block_mapping_supported() allows, tables below otherwise. ``shared``: a walk
         under the MMU read lock, which backs off (-EAGAIN) from an entry another walker has
-        locked."""
+        locked. ``cmo=False``: the walker does not clean what it installs (5.11, whose
+        user_mem_abort() cleaned before the map)."""
         if attr is None:
             attr = D.prot_attr(prot)
         attr |= sw << D.SW_SHIFT
         flags = ((F_FORCE_PTE if force_pte else 0) | (F_HANDLE_FAULT if handle_fault else 0)
-                 | (F_SHARED if shared else 0))
+                 | (F_SHARED if shared else 0) | (0 if cmo else F_SKIP_CMO))
         phys &= ~self._mask  # kvm_pgtable_stage2_map(): .phys = ALIGN_DOWN(phys, PAGE_SIZE)
         return self._walk(OP_MAP, ipa, size, phys=phys, attr=attr, flags=flags,
                           reserve=self._tables_needed(ipa, size))
