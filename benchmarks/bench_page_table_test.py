@@ -21,14 +21,14 @@ from pathlib import Path
 
 import yaml
 
-from simulator.config import apply_override, load_yaml, validate
+from simulator.config import apply_override, load_with_includes, validate
 from simulator.experiment import run_config
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "page_table_test.yaml"
 
 
 def config(vcpus: int, memory: str, variant: str):
-    data = load_yaml(CONFIG)
+    data = load_with_includes(CONFIG)
     over = data.pop("variants")[variant]
     data.pop("sweep", None)
     for key, value in {**over, "guest.vcpus": vcpus, "guest.memory": memory}.items():

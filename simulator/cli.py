@@ -284,6 +284,81 @@ def sweep(
 
 
 @app.command()
+def calibrate(
+    measurements: Annotated[Path, typer.Argument(help="Measurements YAML file (points with "
+                                                 "measured figures, see the README).")],
+    fit: Annotated[str, typer.Option("--fit", help="Comma-separated config keys to fit "
+                                     "(costs.access,machine.mem_gbps); empty: only compare.")],
+    out: Annotated[Optional[Path], typer.Option(help="Output directory (default "
+                                                "out/calibrate-<file name>).")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write simulated against "
+                                                 "measured to this image (.png, .svg, "
+                                                 ".pdf).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Parallel workers (default: all "
+                                                   "cores).")] = None,
+    max_iter: Annotated[int, typer.Option("--max-iter", help="Levenberg-Marquardt "
+                                          "iterations at most.")] = 8,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Fit cost keys to measured figures (least squares on log ratios); print every point's
+    simulated / measured ratio; write OUT/calibration.json and OUT/preset.yaml (for
+    include:)."""
+    import os
+
+    from simulator import calibrate as cal
+
+    if workers is not None and workers < 1:
+        fail("--workers: must be at least 1")
+    if max_iter < 1:
+        fail("--max-iter: must be at least 1")
+    if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
+        fail(f"--plot: {plot}: expected a .png, .svg or .pdf file name")
+    keys = [k.strip() for k in fit.split(",") if k.strip()]
+    if len(set(keys)) != len(keys):
+        fail("--fit: a key is named twice")
+    bar = None
+    say = None
+    if not quiet:
+        bar = Progress(TextColumn("[bold]calibrate"), TextColumn("{task.description}"),
+                       TimeElapsedColumn(), console=err_console, transient=True)
+        task_id = bar.add_task("loading", total=None)
+        bar.start()
+
+        def say(msg: str) -> None:
+            bar.update(task_id, description=msg)
+            bar.console.print(msg)
+    try:
+        with input_errors(measurements):
+            report = cal.calibrate(measurements, keys, workers=workers or os.cpu_count() or 1,
+                                   max_iter=max_iter, progress=say)
+    finally:
+        if bar is not None:
+            bar.stop()
+    out_dir = out or Path("out") / f"calibrate-{measurements.stem}"
+    try:
+        rs.atomic_write_files(out_dir, {"calibration.json": cal.report_json(report),
+                                        "preset.yaml": cal.preset(report)})
+        if plot is not None:
+            cal.plot(report, plot)
+    except OSError as e:
+        fail(f"{out_dir}: cannot write the results: {e.strerror or e}")
+    from rich.table import Table
+
+    t = Table(title=f"{measurements.name}: simulated / measured")
+    for col in ("point", "figure", "measured", "simulated", "ratio", "fitted"):
+        t.add_column(col, justify="right" if col in ("measured", "simulated", "ratio") else
+                     "left")
+    for p in report["points"]:
+        t.add_row(p["point"], p["figure"], f"{p['measured']:.4g}", f"{p['simulated']:.4g}",
+                  f"{p['ratio']:.3f}", "fitted" if p["fitted"] else "predicted")
+    Console().print(t)
+    for k, v in report["values"].items():
+        typer.echo(f"{k} = {v:.6g} (start {report['start'][k]:.6g})")
+    typer.echo(f"{report['runs']} runs; {out_dir}/calibration.json, {out_dir}/preset.yaml"
+               + (f", {plot}" if plot is not None else ""))
+
+
+@app.command()
 def validate(
     config: Annotated[Path, typer.Argument(help="Experiment YAML file.")],
     set_: SetOpt = None,

@@ -341,6 +341,8 @@ class RefMemory:
         self.refcount[row] += 1
 
     def put_page(self, row: int) -> None:
+        if self.report is not None:
+            self.report.puts += 1
         if self.refcount[row] <= 0:
             self._warn()
             return
@@ -385,6 +387,8 @@ class RefReport:
     smp_store_release() in stage2_make_pte(), kvm_clear_pte(). Break-before-make is two
     stores (the locked pattern, then the new entry). Zeroing a new table page is the
     allocator's work, not a store.
+
+    ``puts``: put_page() calls on table pages (each an atomic decrement of the page's count).
     """
 
     ret: int = 0
@@ -396,6 +400,7 @@ class RefReport:
     warnings: int = 0
     visits: int = 0
     stores: int = 0
+    puts: int = 0
 
     def count(self, kind: str) -> int:
         return sum(1 for t in self.tlbis if t[0] == kind)
@@ -1195,7 +1200,7 @@ class RefVcpu:
         self.ctr = {k: 0 for k in (
             "accesses", "reads", "writes", "fetches", "walks", "walk.mem_refs",
             "walk_cache.hits", "translation_faults", "permission_faults", "access_flag_faults",
-            "cycles.translation", "xlate.l1", "xlate.l2", "xlate.l3")}
+            "cycles.access", "cycles.translation", "xlate.l1", "xlate.l2", "xlate.l3")}
         if self.owner:
             self.ctr["isolation.violations"] = 0
         for n in names:
@@ -1231,10 +1236,12 @@ class RefVcpu:
         completes) or one faults (not counted as an access; its lookups and walk are).
         Returns (next index, cycles used, "done" or "fault")."""
         cycles = 0
+        attempts = 0  # accesses tried, the faulting one included: each pays costs.access
         i = start
         while i < stop:
             ipa, kind = int(addrs[i]), int(kinds[i])
             self.clock += 1
+            attempts += 1
             cyc = self.costs["access"]
             levels = self.serving(kind)
             hit = None
@@ -1253,7 +1260,7 @@ class RefVcpu:
                                                                        shift):
                     self._fault("conflict", 0, ipa, kind, 0, i)
                     cycles += cyc
-                    self.ctr["cycles.translation"] += cycles
+                    self._tally(cycles, attempts)
                     return i, cycles, "fault"
                 perm, pa = entry.perm, entry.pa
                 for up in levels:
@@ -1272,7 +1279,7 @@ class RefVcpu:
                     self.ctr[f"{w.status}_faults"] += 1
                     self._fault(w.status, w.level, ipa, kind, w.pte, i)
                     cycles += cyc
-                    self.ctr["cycles.translation"] += cycles
+                    self._tally(cycles, attempts)
                     return i, cycles, "fault"
                 pte = w.pte
                 perm = w.level << 4
@@ -1289,7 +1296,7 @@ class RefVcpu:
                 self.ctr["permission_faults"] += 1
                 self._fault("permission", perm >> 4, ipa, kind, 0, i)
                 cycles += cyc
-                self.ctr["cycles.translation"] += cycles
+                self._tally(cycles, attempts)
                 return i, cycles, "fault"
             if self.owner and self.violates(pa + (ipa & ((1 << shift) - 1))):
                 self.ctr["isolation.violations"] += 1
@@ -1300,5 +1307,11 @@ class RefVcpu:
             i += 1
             if cycles >= budget:
                 break
-        self.ctr["cycles.translation"] += cycles
+        self._tally(cycles, attempts)
         return i, cycles, "done"
+
+    def _tally(self, cycles: int, attempts: int) -> None:
+        """cycles.access: all the accesses' cycles; cycles.translation: their TLB lookups,
+        walks and walk-cache hits, i.e. without the issue cost of each access tried."""
+        self.ctr["cycles.access"] += cycles
+        self.ctr["cycles.translation"] += cycles - attempts * self.costs["access"]

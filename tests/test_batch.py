@@ -301,7 +301,20 @@ def test_budget_returns_after_the_access_that_reaches_it():
     assert mmu.run(s2, addrs, kinds, 4, 6, 1 << 40) == (6, 22, 0)
     c = mmu.counters()
     assert (c["accesses"], c["walks"], c["walk.mem_refs"]) == (6, 1, 3)
-    assert (c["tlb.L1.hits"], c["tlb.L1.misses"], c["cycles.translation"]) == (5, 1, 366)
+    assert (c["tlb.L1.hits"], c["tlb.L1.misses"], c["cycles.access"]) == (5, 1, 366)
+    # translation: the walk's 3 * 100 and six L1 lookups, without the six issues of 10
+    assert c["cycles.translation"] == 366 - 6 * 10 == 300 + 6 * 1
+
+
+@pytest.mark.nojit
+def test_translation_cycles_leave_out_the_issue_of_a_faulting_access_too():
+    s2 = stage2()
+    mmu = vcpu(access=10, mem_ref=100)
+    addrs, kinds = stream((0x10, READ))
+    i, used, status = mmu.run(s2, addrs, kinds, 0, 1, 1 << 40)
+    assert status == 1 and used == 10 + 1 + 100  # a translation fault at the first level
+    c = mmu.counters()
+    assert (c["cycles.access"], c["cycles.translation"]) == (111, 101)
 
 
 def test_faulting_access_is_replayed_and_counted_once_it_completes():

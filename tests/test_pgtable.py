@@ -47,8 +47,8 @@ def stage2_pair(stage2_pair):
     class CostedPair(stage2_pair):
         def _compare_reports(self, got: P.OpReport, want: N.RefReport) -> None:
             super()._compare_reports(got, want)
-            g = {"visits": got.visits, "stores": got.stores}
-            w = {"visits": want.visits, "stores": want.stores}
+            g = {"visits": got.visits, "stores": got.stores, "puts": got.puts}
+            w = {"visits": want.visits, "stores": want.stores, "puts": want.puts}
             assert g == w, self._where(f"walker work differs (simulator != kernel): {g} != {w}")
 
         def wrprotect(self, ipa, size):

@@ -32,8 +32,8 @@ def stage2() -> Stage2:
 @pytest.mark.parametrize("steps", [
     ("break", "free", "install"),      # bbm
     ("break", "install", "free"),      # install_first / ttrem level 0
-    ("replace_nt", "flush", "replace", "free"),  # ttrem level 1
-    ("replace", "flush", "free"),      # ttrem level 2
+    ("replace_nt", "flush", "replace", "free"),  # ttrem levels 1 and 2
+    ("replace", "flush", "free"),      # replace (level 2 without nT)
 ])
 def test_split_then_rebuild_gives_back_the_original_mapping_and_every_table_page(steps):
     s2 = stage2()
@@ -122,7 +122,7 @@ def experiment(tmp_path, **over) -> Experiment:
 
 
 @pytest.mark.parametrize("rebuild,level", [("bbm", 0), ("install_first", 0), ("ttrem", 0),
-                                           ("ttrem", 1), ("ttrem", 2)])
+                                           ("ttrem", 1), ("ttrem", 2), ("replace", 2)])
 def test_page_table_test_stages_split_and_rebuild_every_block(tmp_path, rebuild, level):
     exp = experiment(tmp_path, hyp__rebuild=rebuild, machine__bbm_level=level)
     r = run_config(exp.variants["default"])
@@ -169,6 +169,21 @@ def test_cmo_at_fault_cleans_per_faulting_vcpu_and_install_per_installed_leaf(tm
     assert i["stage.create.cmo.bytes"] == blocks * block
     assert i["stage.update.cmo.bytes"] == blocks * (256 + 1) * page
     assert i["stage.adjust.cmo.bytes"] == (blocks * block if rebuild == "bbm" else 0)
+
+
+def test_ttrem_level_2_runs_seed_001s_nt_steps_and_replace_runs_without_nt():
+    from simulator.hyp.rebuild import RB_REPLACE_NT, program
+
+    assert list(program("ttrem", 2)) == list(program("ttrem", 1))
+    assert RB_REPLACE_NT in program("ttrem", 2)
+    assert RB_REPLACE_NT not in program("replace", 2)
+
+
+def test_replace_needs_bbm_level_2(tmp_path):
+    from simulator.config import ConfigError
+
+    with pytest.raises(ConfigError, match="machine.bbm_level: 2"):
+        experiment(tmp_path, hyp__rebuild="replace", machine__bbm_level=1)
 
 
 def test_the_bbm_window_is_far_longer_than_installing_first(tmp_path):

@@ -83,3 +83,23 @@ def test_each_backing_page_is_zeroed_once_by_its_first_fault_and_the_others_wait
             and k != "cycles.translation"} == \
         {k: v for k, v in c.items() if not k.startswith("first_touch") and
          not k.endswith("cycles") and k != "cycles.translation"}
+
+
+# ---- the lock's hand-off (costs.lock_handoff) -------------------------------------------------
+def convoy(handoff: int) -> dict:
+    """Four vCPUs fault on one page at once under the 5.11 spinlock: one maps it, three
+    queue and find it mapped."""
+    cfg = {"name": "ho", "seed": 1, "machine": {"granule": "4K", "ipa_bits": 40},
+           "guest": {"memory": "16MiB", "vcpus": 4, "mapping": "4K"},
+           "costs": {"lock_handoff": handoff}, "engine": {"mmu_lock": "exclusive"},
+           "workload": {"type": "sequential", "accesses": 1, "footprint": "4KiB", "step": 8}}
+    return run_config(validate(cfg, "test"))
+
+
+def test_each_lock_hand_off_after_a_wait_lengthens_the_convoy_by_its_cost():
+    free, slow = convoy(0), convoy(5000)
+    assert slow["counters"]["lock.contended"] == free["counters"]["lock.contended"] == 3
+    # the holders follow one another: every hand-off delays all that queue behind it
+    assert slow["sim_cycles"] - free["sim_cycles"] == 3 * 5000
+    assert slow["counters"]["lock_wait_cycles"] - free["counters"]["lock_wait_cycles"] == \
+        (1 + 2) * 5000  # the second waiter waits one hand-off longer, the third two

@@ -17,6 +17,7 @@ from simulator.config.experiment import (
 from simulator.config.load import (
     Experiment,
     apply_override,
+    load_with_includes,
     load_yaml,
     parse_sets,
     parse_value,
@@ -75,6 +76,7 @@ __all__ = [
     "WalkCacheConfig",
     "apply_override",
     "is_pow2",
+    "load_with_includes",
     "load_yaml",
     "parse_duration",
     "parse_sets",

@@ -113,6 +113,10 @@ class ExperimentConfig(_Model):
                 if ps not in geom.leaf_sizes().values():
                     raise ValueError(f"tlb.levels.{lv.name}.page_sizes: {format_size(ps)} is not "
                                      f"a leaf size of the {self.machine.granule} granule")
+        if self.hyp.rebuild == "replace" and self.machine.bbm_level != 2:
+            raise ValueError("hyp.rebuild: replace stores a block over a table with no "
+                             "break, which only FEAT_BBM level 2 allows: set "
+                             "machine.bbm_level: 2")
         if self.hyp.cmo_at == "fault" and self.engine.mmu_lock != "exclusive":
             raise ValueError("hyp.cmo_at: fault is 5.11's user_mem_abort(), whose MMU lock is "
                              "a spinlock: set engine.mmu_lock: exclusive (no kernel cleaned "

@@ -124,6 +124,42 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
+MAX_INCLUDE_DEPTH = 8
+
+
+def load_with_includes(path: str | Path, _seen: tuple = ()) -> dict:
+    """A YAML mapping with its ``include:`` files (a path or a list, relative to the file)
+    merged underneath: the file's own keys win, mappings merge key by key, in order (a later
+    include wins over an earlier one). Trace paths resolve against the file that names them."""
+    p = Path(path)
+    data = load_yaml(p)
+    resolve_workload_paths(data, p.resolve().parent)
+    inc = data.pop("include", None)
+    if inc is None:
+        return data
+    if isinstance(inc, str):
+        inc = [inc]
+    if not isinstance(inc, list) or not all(isinstance(i, str) and i for i in inc):
+        raise ConfigError(str(path), "include", "expected a file name or a list of them")
+    here = p.resolve()
+    if here in _seen or len(_seen) >= MAX_INCLUDE_DEPTH:
+        raise ConfigError(str(path), "include", "includes nest too deep or in a circle")
+    merged: dict = {}
+    for name in inc:
+        target = p.parent / name
+        if not target.is_file():
+            raise ConfigError(str(path), "include", f"no such file: {name}")
+        merged = _merge(merged, load_with_includes(target, _seen + (here,)))
+    return _merge(merged, data)
+
+
+def _merge(under: dict, over: dict) -> dict:
+    out = dict(under)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def validate(data: dict, source: str) -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(data)
@@ -160,8 +196,7 @@ class Experiment:
 
     def __init__(self, path: str | Path, sets: list[str] | None = None):
         self.path = str(path)
-        raw = load_yaml(path)
-        resolve_workload_paths(raw, Path(path).resolve().parent)
+        raw = load_with_includes(path)
         overrides = parse_sets(sets)
         # Overrides address the resolved configuration, so a key that exists only as a
         # default (tlb.levels.l2.sets with no tlb: in the file) can be set; a file that does

@@ -51,8 +51,8 @@ class MachineConfig(_Model):
     fwb: bool = Field(default=False, description="FEAT_S2FWB: no cache maintenance for new mappings.")
     tlbi_range: bool = Field(default=False, description="FEAT_TLBIRANGE: range TLB invalidation.")
     bbm_level: int = Field(default=0, ge=0, le=2, description="FEAT_BBM level used by "
-                           "hyp.rebuild: ttrem (seed 001): 0 break-before-make, 1 nT block "
-                           "first, 2 replace in place (TLB conflict aborts possible).")
+                           "hyp.rebuild: ttrem (seed 001): 0 break-before-make, 1 and 2 write the "
+                           "block with nT first, as the patch does; hyp.rebuild: replace needs 2.")
     dic: bool = Field(default=False, description="CTR_EL0.DIC: no icache maintenance; guest "
                       "mappings are executable from the start.")
     mem_gbps: float | None = Field(default=None, gt=0, le=1e5, description="Sustained memory "
@@ -182,8 +182,15 @@ class CostsConfig(_Model):
     fault_handler: int = Field(default=2500, ge=0, description="user_mem_abort() work outside "
                                "the page-table walk (pfn lookup, memcache top-up), cycles.")
     lock: int = Field(default=50, ge=0, description="Uncontended MMU lock acquire+release, cycles.")
+    lock_handoff: int = Field(default=0, ge=0, description="A lock passed to a CPU that waited "
+                              "for it: the lock's cache line and the page-table and fault-path "
+                              "lines the next holder reads migrate from the last holder's CPU; "
+                              "the new holder's work starts this much later, cycles.")
     pte_visit: int = Field(default=4, ge=0, description="Software walker: one descriptor visited.")
     pte_store: int = Field(default=4, ge=0, description="Software walker: one descriptor stored.")
+    pte_put: int = Field(default=0, ge=0, description="Software walker: one reference dropped "
+                         "on a table page (put_page(): an atomic decrement), per valid entry "
+                         "removed and per table freed. 0: not charged.")
     table_alloc: int = Field(default=250, ge=0, description="Allocate and zero a table page.")
     table_free: int = Field(default=50, ge=0, description="Free a table page.")
     tlbi_ipa: int = Field(default=250, ge=0, description="TLBI IPAS2E1IS + DSB + TLBI "
@@ -254,10 +261,12 @@ class HypConfig(_Model):
                            "ownership returns to the host.")
     teardown_tlbi: bool = Field(default=True, description="Debug knob: false skips the TLB "
                                 "invalidation of a torn-down guest's VMID (breaks isolation).")
-    rebuild: Literal["bbm", "install_first", "ttrem"] = Field(
+    rebuild: Literal["bbm", "install_first", "ttrem", "replace"] = Field(
         default="bbm", description="How a fault replaces a table by a block: bbm (5.11: "
         "invalidate, TLBI, unmap the subtree, CMO the block, install), install_first (seed "
-        "003: install, then unmap), ttrem (seed 001, with machine.bbm_level).")
+        "003: install, then unmap), ttrem (seed 001, with machine.bbm_level: level 0 breaks, "
+        "levels 1 and 2 write the block with nT first), replace (FEAT_BBM level 2 without "
+        "nT: store the block over the table, then flush; TLB conflict aborts possible).")
     cmo_at: Literal["install", "fault"] = Field(
         default="install", description="Where the dcache clean of a new mapping runs without "
         "FWB: install (5.14 on, commit 25aa28691bb9: the map walker cleans a leaf it installs) "

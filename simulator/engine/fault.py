@@ -37,6 +37,7 @@ from simulator.engine.layout import (
     P_ATTR,
     P_ATTR_X,
     P_C_ALLOC,
+    P_C_PUT,
     P_C_FREE,
     P_C_STORE,
     P_C_TLBI_IPA,
@@ -157,8 +158,10 @@ IM1 = np.int64(-1)
 @jit
 def op_cycles(rep, pr, fp):
     """The cycles of a page-table operation's report: descriptors visited and stored, table
-    pages allocated and freed, TLBIs, cache maintenance (none with FWB / DIC)."""
+    page references dropped, table pages allocated and freed, TLBIs, cache maintenance (none
+    with FWB / DIC)."""
     c = (rep[P.R_VISITS] * pr[P_C_VISIT] + rep[P.R_STORES] * pr[P_C_STORE]
+         + rep[P.R_PUTS] * pr[P_C_PUT]
          + rep[R_TABLES_ALLOCATED] * pr[P_C_ALLOC] + rep[R_TABLES_FREED] * pr[P_C_FREE]
          + rep[R_TLBI_IPA] * pr[P_C_TLBI_IPA] + rep[R_TLBI_RANGE] * pr[P_C_TLBI_RANGE]
          + rep[R_TLBI_VMID] * pr[P_C_TLBI_VMID])

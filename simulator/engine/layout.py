@@ -40,8 +40,9 @@ Work = namedtuple("Work", "stats rep tlog stk dirty owner loc hw hreg rm touch")
 (P_PAGE_SHIFT, P_QUANTUM, P_MAX_CYCLES, P_EXIT, P_LOCK, P_DIRTY_PAGE, P_PERM_HANDLER,
  P_TLBI_IPA, P_CONFLICT, P_FWB, P_DIC, P_C_VISIT, P_C_STORE, P_C_ALLOC, P_C_FREE,
  P_C_TLBI_IPA, P_C_TLBI_RANGE, P_C_TLBI_VMID, P_TIMESLICE, P_OWNER_BASE,
- P_GROW, P_ATTR, P_ATTR_X, P_CMO_AT_FAULT, P_ACC_BYTES, P_WALK_BYTES) = range(26)
-N_PARAMS = 26
+ P_GROW, P_ATTR, P_ATTR_X, P_CMO_AT_FAULT, P_ACC_BYTES, P_WALK_BYTES, P_HANDOFF,
+ P_C_PUT) = range(28)
+N_PARAMS = 28
 FP_CMO, FP_ICACHE, FP_BW = 0, 1, 2  # bytes per cycle (FP_BW 0: unlimited)
 N_FPARAMS = 3
 
@@ -89,6 +90,7 @@ ST_END = 22  # after the final debt timeout
 ST_DONE = 23
 ST_IDLE = 24  # not started
 ST_TOUCHED = 25  # the host page behind the fault is there: a missing donated chunk, or the lock
+ST_HANDED = 26  # a lock handed over after a wait: its hand-off time has passed, go on
 
 # ---- engine counters per context; names as results.json has them ----------------------
 EXTRA_NAMES = ("tlb_conflict_aborts", "faults.in_window", "lock_wait_cycles", "dirty.pages",

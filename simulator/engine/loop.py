@@ -76,6 +76,7 @@ from simulator.engine.layout import (
     P_CONFLICT,
     P_EXIT,
     P_GROW,
+    P_HANDOFF,
     P_LOCK,
     P_MAX_CYCLES,
     P_OWNER_BASE,
@@ -128,6 +129,7 @@ from simulator.engine.layout import (
     ST_END,
     ST_ENTERED,
     ST_FAULT_END,
+    ST_HANDED,
     ST_HANDLE,
     ST_HOST_ABORT,
     ST_LOCK,
@@ -425,6 +427,14 @@ def advance(horizon, md, sc, tl, mems, sm, wk):
             if s == ST_LOCK_GRANTED:
                 ec[c, E_LOCK_WAIT] += now - st[c, S_TACQ]
                 tc[c, E_LOCK_WAIT] = 1
+                if pr[P_HANDOFF] > 0:
+                    # the lock and the lines its holders touch come over from the last CPU
+                    st[c, S_STATE] = ST_HANDED
+                    push(ht, hs, hc, g, now + pr[P_HANDOFF], c)
+                    break
+                st[c, S_STATE] = st[c, S_NEXT]
+                continue
+            if s == ST_HANDED:
                 st[c, S_STATE] = st[c, S_NEXT]
                 continue
             if s == ST_HOST_ABORT:

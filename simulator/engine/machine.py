@@ -74,6 +74,7 @@ class Machine:
         pr[L.P_MAX_CYCLES] = -1 if cfg.engine.max_cycles is None else cfg.engine.max_cycles
         pr[L.P_EXIT] = c.fault_entry_exit - c.fault_entry_exit // 2
         pr[L.P_LOCK] = c.lock
+        pr[L.P_HANDOFF] = c.lock_handoff
         pr[L.P_DIRTY_PAGE] = c.dirty_page
         pr[L.P_PERM_HANDLER] = c.perm_fault_handler
         pr[L.P_TLBI_IPA] = c.tlbi_ipa
@@ -85,6 +86,7 @@ class Machine:
         pr[L.P_WALK_BYTES] = c.walk_ref_bytes
         pr[L.P_C_VISIT] = c.pte_visit
         pr[L.P_C_STORE] = c.pte_store
+        pr[L.P_C_PUT] = c.pte_put
         pr[L.P_C_ALLOC] = c.table_alloc
         pr[L.P_C_FREE] = c.table_free
         pr[L.P_C_TLBI_IPA] = c.tlbi_ipa
@@ -105,7 +107,7 @@ class Machine:
         self.costs[0] = c.access
         self.costs[1] = c.walk_mem_ref
         self.costs[2] = c.walk_cache_hit
-        if cfg.hyp.rebuild == "ttrem" and cfg.machine.bbm_level == 2:
+        if cfg.hyp.rebuild == "replace":
             self.costs[K_CONFLICT] = 1  # TLB conflicts become possible: look for them
         self.rbprog = program(cfg.hyp.rebuild, cfg.machine.bbm_level,
                               cfg.hyp.cmo_at == "fault" and not cfg.machine.fwb)

@@ -19,10 +19,10 @@ vCPU holds the MMU lock throughout (write mode in 5.11's spinlock model).
     the block; the subtree is freed afterwards (TABLE_POST). Window: the TLBI. As posted,
     neither calls a cache-maintenance function for the block (the pages were cleaned when
     they were mapped).
-``ttrem`` level 1
+``ttrem`` levels 1 and 2 (seed 001 as written: ``case TTREM_LEVEL1: case TTREM_LEVEL2:``)
     store the block with nT set, flush the VMID, clear nT. No invalid window; an nT block is
     never cached, so accesses to the range walk until nT is cleared.
-``ttrem`` level 2
+``replace`` (FEAT_BBM level 2 without nT: not what seed 001 does, kept to show the hazard)
     store the block over the table with no prior invalidation, then flush the VMID. A TLB
     that still holds page entries and now also caches the block (or a splinter of it) for
     an address takes a TLB conflict abort (the batch kernel detects it; the handler flushes
@@ -48,7 +48,7 @@ RB_FLUSH_LANDS = 10  # ... it has completed: every CPU drops the VMID's entries
 RB_WAIT = 11  # simulated time passes by what the steps so far cost
 RB_END = 12  # release the lock and return to the guest
 
-STRATEGIES = ("bbm", "install_first", "ttrem0", "ttrem1", "ttrem2")
+STRATEGIES = ("bbm", "install_first", "ttrem0", "ttrem1", "replace")
 
 PROGRAMS = {
     "bbm": (RB_BREAK, RB_WINDOW_OPEN, RB_FREE, RB_CMO, RB_WAIT, RB_WINDOW_CLOSE, RB_INSTALL,
@@ -59,7 +59,7 @@ PROGRAMS = {
                RB_END),
     "ttrem1": (RB_REPLACE_NT, RB_WAIT, RB_FLUSH, RB_WAIT, RB_FLUSH_LANDS, RB_REPLACE, RB_FREE,
                RB_END),
-    "ttrem2": (RB_REPLACE, RB_WAIT, RB_FLUSH, RB_WAIT, RB_FLUSH_LANDS, RB_FREE, RB_END),
+    "replace": (RB_REPLACE, RB_WAIT, RB_FLUSH, RB_WAIT, RB_FLUSH_LANDS, RB_FREE, RB_END),
 }
 
 
@@ -70,7 +70,7 @@ def program(rebuild: str, bbm_level: int, clean_first: bool = False) -> np.ndarr
     user_mem_abort() cleans the block before it calls the map, under the lock and before
     any entry changes, so the clean and its time come first and the walker's own clean
     (bbm's RB_CMO) is gone."""
-    name = f"ttrem{bbm_level}" if rebuild == "ttrem" else rebuild
+    name = f"ttrem{min(bbm_level, 1)}" if rebuild == "ttrem" else rebuild
     steps = PROGRAMS[name]
     if clean_first:
         steps = (RB_CMO, RB_WAIT) + tuple(op for op in steps if op != RB_CMO)

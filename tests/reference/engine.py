@@ -139,14 +139,17 @@ class Lock:
 
 
 def acquire(lock: Lock, ctr: "Counters", env: simpy.Environment, write: bool = False,
-            cpu: bool = False):
+            cpu: bool = False, handoff: int = 0):
     """Take ``lock``, counting the wait in ``lock_wait_cycles`` (a generator to yield from);
-    ``cpu``: the taker is a CPU context (its grant is a CPU event)."""
+    ``cpu``: the taker is a CPU context (its grant is a CPU event), whose work starts
+    ``handoff`` cycles after a grant that followed a wait (costs.lock_handoff)."""
     t = env.now
     grant = lock.acquire(write, cpu)
     if grant is not None:
         yield grant
         ctr.add("lock_wait_cycles", env.now - t)
+        if cpu and handoff:
+            yield cpu_event(env, handoff)
 
 
 class CpuSlot:
@@ -180,6 +183,7 @@ class OpCosts:
 
     pte_visit: int
     pte_store: int
+    pte_put: int
     table_alloc: int
     table_free: int
     tlbi_ipa: int
@@ -191,7 +195,7 @@ class OpCosts:
     dic: bool
 
     def cycles(self, r: P.OpReport) -> int:
-        c = (r.visits * self.pte_visit + r.stores * self.pte_store
+        c = (r.visits * self.pte_visit + r.stores * self.pte_store + r.puts * self.pte_put
              + r.tables_allocated * self.table_alloc + r.tables_freed * self.table_free
              + r.tlbi_ipa * self.tlbi_ipa + r.tlbi_range * self.tlbi_range
              + r.tlbi_vmid * self.tlbi_vmid)
@@ -431,7 +435,7 @@ class GuestVM(VM):
         if self.chunk is not None and self.chunks[ipa // self.chunk] is None:
             # a ballooned chunk touched again: the host donates a new one
             yield from m.donate_chunk(self, ipa // self.chunk, ctx.ctr, cpu=True)
-        yield from acquire(self.lock, ctx.ctr, env, cpu=True)
+        yield from acquire(self.lock, ctx.ctr, env, cpu=True, handoff=costs.lock_handoff)
         if self.chunk is not None and self.chunks[ipa // self.chunk] is None:
             # its chunk was ballooned away after the fault's check: nothing to map, the
             # access faults again (and has a chunk donated)
@@ -557,7 +561,7 @@ class Machine:
         self.cfg = cfg
         self.env = simpy.Environment()
         c = cfg.costs
-        self.op_costs = OpCosts(c.pte_visit, c.pte_store, c.table_alloc, c.table_free,
+        self.op_costs = OpCosts(c.pte_visit, c.pte_store, c.pte_put, c.table_alloc, c.table_free,
                                 c.tlbi_ipa, c.tlbi_range, c.tlbi_vmid, c.cmo_bytes_per_cycle,
                                 c.icache_bytes_per_cycle, cfg.machine.fwb, cfg.machine.dic)
         self.progress = progress
@@ -740,7 +744,7 @@ class Machine:
         cfg = self.cfg
         if cfg.guest.premap:
             self.vm.premap()
-        if cfg.hyp.rebuild == "ttrem" and cfg.machine.bbm_level == 2:
+        if cfg.hyp.rebuild == "replace":
             for ctx in self.contexts:  # TLB conflicts become possible: look for them
                 ctx.mmu.costs[K_CONFLICT] = 1
         if cfg.hyp.dirty_log.enable_at is not None:

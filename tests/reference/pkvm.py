@@ -171,7 +171,7 @@ class HostVM(VM):
         costs = m.cfg.costs
         t0 = env.now
         yield cpu_event(env, costs.fault_entry_exit // 2 + costs.host_abort_handler)
-        yield from acquire(self.lock, ctx.ctr, env, cpu=True)
+        yield from acquire(self.lock, ctx.ctr, env, cpu=True, handoff=costs.lock_handoff)
         ctx.ctr.add("aborts")
         op_cycles = 0
         if status == W_PERMISSION:
@@ -316,7 +316,8 @@ class PkvmMachine(Machine):
             env = self.env
             yield cpu_event(env, (gvm.chunk >> self.host_geom.page_shift)
                             * self.cfg.costs.hypercall)
-            yield from acquire(self.host.lock, ctr, env, cpu=True)
+            yield from acquire(self.host.lock, ctr, env, cpu=True,
+                               handoff=self.cfg.costs.lock_handoff)
             if gvm.chunks[k] is not None:
                 self.phys.unreserve(got[0])
                 yield cpu_event(env, self.cfg.costs.lock)

@@ -54,6 +54,7 @@ R_LEAF_PTE = 15  # get_leaf: the descriptor (bits as int64)
 R_LEAF_LEVEL = 16  # get_leaf: its level
 R_BLOCKS_INSTALLED = 17  # valid leaves installed above the last level
 R_SPLITS = 18  # blocks split into tables
+R_PUTS = 19  # references dropped on table pages (put_page())
 REPORT_SIZE = 20
 
 # ---- TLBI log --------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from simulator.hyp.pgtable.defs import (
     M_NFREE,
     M_PEAK,
     META_SIZE,
+    R_PUTS,
     R_TABLES_FREED,
     R_WARN,
 )
@@ -48,6 +49,7 @@ def pt_alloc(tables, refcnt, free, meta):
 @jit
 def pt_put(row, refcnt, free, meta, rep):
     """put_page(): drop a reference; the page goes back to the free stack at zero."""
+    rep[R_PUTS] += 1
     refcnt[row] -= 1
     if refcnt[row] == 0:
         free[meta[M_NFREE]] = row

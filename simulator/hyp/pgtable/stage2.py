@@ -36,6 +36,7 @@ from simulator.hyp.pgtable.defs import (
     R_LEAF_PTE,
     R_MAPPED_BYTES,
     R_RET,
+    R_PUTS,
     R_SPLITS,
     R_STORES,
     R_TABLES_ALLOCATED,
@@ -104,6 +105,7 @@ class OpReport:
     zapped: int
     splits: int
     warnings: int
+    puts: int = 0
     tlbis: list[TLBIRecord] = field(default_factory=list)
     raw: np.ndarray | None = None
     tlog: np.ndarray | None = None
@@ -132,6 +134,7 @@ class OpReport:
             unmapped_bytes=r[R_UNMAPPED_BYTES],
             zapped=r[R_ZAPPED],
             splits=r[R_SPLITS],
+            puts=r[R_PUTS],
             warnings=r[R_WARN],
             tlbis=[TLBIRecord(_TLBI_NAMES[k], a, s, lv, c) for k, a, s, lv, c in log],
             raw=np.array(r, dtype=np.int64),
@@ -298,6 +301,7 @@ class Stage2:
             if self.mem.refcnt[row] != 1:
                 rep[R_WARN] += 1
             pt_put(row, self.mem.refcnt, self.mem.free, self.mem.meta, rep)
+            rep[R_PUTS] -= 1  # free_pages_exact() of the pgd: a free, not a put_page()
         self.mem.after_op()
         self.destroyed = True
         return OpReport.from_arrays(rep, report.tlog if report.tlog is not None else
