@@ -64,3 +64,12 @@ def test_every_counter_is_in_the_readme(tmp_path):
         if f"`{generic}`" not in README:
             missing.append(k)
     assert not missing, missing
+
+
+def test_every_cost_has_a_source_in_the_readme():
+    from simulator.config.parts import CostsConfig
+
+    table = README[README.index("## Where each default cost comes from"):]
+    table = table[:table.index("\n## ")]
+    missing = [k for k in CostsConfig.model_fields if f"`costs.{k}`" not in table]
+    assert not missing, missing
