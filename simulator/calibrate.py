@@ -31,7 +31,7 @@ import json
 import math
 import multiprocessing as mp
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -127,13 +127,26 @@ def run_point(payload: dict) -> dict:
     return {"name": payload["name"], "figures": figs}
 
 
-def run_many(payloads: list[dict], workers: int) -> list[dict]:
-    """Run the tasks, in parallel when asked; results in task order."""
-    if workers <= 1 or len(payloads) <= 1:
-        return [run_point(p) for p in payloads]
-    with ProcessPoolExecutor(max_workers=min(workers, len(payloads)),
+def run_many(payloads: list[dict], workers: int,
+             tick: Callable[[int, int], None] | None = None) -> list[dict]:
+    """Run the tasks, in parallel when asked; results in task order. ``tick(done, total)``
+    after each one."""
+    tick = tick or (lambda _d, _t: None)
+    n = len(payloads)
+    if workers <= 1 or n <= 1:
+        out = []
+        for p in payloads:
+            out.append(run_point(p))
+            tick(len(out), n)
+        return out
+    with ProcessPoolExecutor(max_workers=min(workers, n),
                              mp_context=mp.get_context("spawn")) as pool:
-        return list(pool.map(run_point, payloads))
+        futures = {pool.submit(run_point, p): i for i, p in enumerate(payloads)}
+        results: list = [None] * n
+        for k, fut in enumerate(as_completed(futures), 1):
+            results[futures[fut]] = fut.result()
+            tick(k, n)
+        return results
 
 
 class _Key:
@@ -184,8 +197,11 @@ def fit_keys(cfg: ExperimentConfig, names: list[str]) -> list[_Key]:
 
 
 def calibrate(path: Path, fit: list[str], *, workers: int = 1, max_iter: int = 8,
-              progress: Callable[[str], None] | None = None) -> dict:
-    """Fit ``fit`` on the file's fitted points; returns the report (see :func:`report`)."""
+              progress: Callable[[str], None] | None = None,
+              tick: Callable[[int, int], None] | None = None) -> dict:
+    """Fit ``fit`` on the file's fitted points; returns the report (values, every point's
+    figures, the fit's history). ``progress`` hears each step, ``tick(done, total)`` each
+    run of the evaluation under way."""
     m, exp = load_measurements(path)
     src = str(path)
     fitted = [p for p in m.points if any(p.fits(k) for k in p.measured)]
@@ -208,7 +224,7 @@ def calibrate(path: Path, fit: list[str], *, workers: int = 1, max_iter: int = 8
             for i, p in enumerate(points):
                 cfg = point_config(exp, m, p, params(x), f"{src}: points[{p.name}]")
                 payloads.append({"name": f"{xi}:{i}", "config": cfg.model_dump(mode="json")})
-        out = run_many(payloads, workers)
+        out = run_many(payloads, workers, tick)
         runs += len(payloads)
         res = [[out[xi * len(points) + i]["figures"] for i in range(len(points))]
                for xi in range(len(xs))]

@@ -317,20 +317,23 @@ def calibrate(
     if len(set(keys)) != len(keys):
         fail("--fit: a key is named twice")
     bar = None
-    say = None
+    say = tick = None
     if not quiet:
-        bar = Progress(TextColumn("[bold]calibrate"), TextColumn("{task.description}"),
-                       TimeElapsedColumn(), console=err_console, transient=True)
-        task_id = bar.add_task("loading", total=None)
+        bar = Progress(TextColumn("[bold]calibrate"), BarColumn(),
+                       TextColumn("{task.completed}/{task.total} runs"), TimeElapsedColumn(),
+                       console=err_console, transient=True)
+        task_id = bar.add_task("runs", total=None)
         bar.start()
 
         def say(msg: str) -> None:
-            bar.update(task_id, description=msg)
             bar.console.print(msg)
+
+        def tick(done: int, total: int) -> None:
+            bar.update(task_id, completed=done, total=total)
     try:
         with input_errors(measurements):
             report = cal.calibrate(measurements, keys, workers=workers or os.cpu_count() or 1,
-                                   max_iter=max_iter, progress=say)
+                                   max_iter=max_iter, progress=say, tick=tick)
     finally:
         if bar is not None:
             bar.stop()

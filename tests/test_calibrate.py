@@ -47,8 +47,12 @@ def files(tmp_path):
 
 
 def test_calibrate_recovers_the_constants_it_measured_with(files):
-    rep = calibrate(files / "m.yaml", ["costs.access", "costs.walk_mem_ref"])
+    ticks = []
+    rep = calibrate(files / "m.yaml", ["costs.access", "costs.walk_mem_ref"],
+                    tick=lambda done, total: ticks.append((done, total)))
     assert rep["start"] == {"costs.access": 1, "costs.walk_mem_ref": 40}  # the defaults
+    # every run was ticked, each evaluation counting up to its own total
+    assert len(ticks) == rep["runs"] and all(1 <= d <= t for d, t in ticks)
     assert rep["values"] == {"costs.access": 7, "costs.walk_mem_ref": 55}
     assert [p["ratio"] for p in rep["points"]] == [1.0, 1.0, 1.0]
     assert [p["fitted"] for p in rep["points"]] == [True, True, False]
