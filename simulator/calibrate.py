@@ -156,7 +156,7 @@ class _Key:
         self.name, self.start, self.lo, self.hi, self.integer = name, start, lo, hi, integer
 
     def value(self, x: float) -> float | int:
-        v = math.exp(x)
+        v = min(max(math.exp(x), self.lo), self.hi)  # exp(log(hi)) may round above hi
         return max(int(round(v)), 1) if self.integer else v
 
 
@@ -263,8 +263,8 @@ def calibrate(path: Path, fit: list[str], *, workers: int = 1, max_iter: int = 8
             steps = []
             for k, xk in zip(keys, x):
                 h = 0.03
-                if k.integer:
-                    h = max(h, math.log((k.value(xk) + 1) / k.value(xk)) * 1.01)
+                if k.integer:  # reach the next integer up from where x stands
+                    h = max(h, math.log((k.value(xk) + 1) / math.exp(xk)) * 1.01)
                 steps.append(h if xk + h <= math.log(k.hi) else -h)
             xs = []
             for j, h in enumerate(steps):

@@ -313,6 +313,8 @@ def calibrate(
         fail("--max-iter: must be at least 1")
     if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
         fail(f"--plot: {plot}: expected a .png, .svg or .pdf file name")
+    if plot is not None and not plot.resolve().parent.is_dir():
+        fail(f"--plot: {plot}: no such directory")
     keys = [k.strip() for k in fit.split(",") if k.strip()]
     if len(set(keys)) != len(keys):
         fail("--fit: a key is named twice")
@@ -341,10 +343,13 @@ def calibrate(
     try:
         rs.atomic_write_files(out_dir, {"calibration.json": cal.report_json(report),
                                         "preset.yaml": cal.preset(report)})
+    except OSError as e:
+        fail(f"{out_dir}: cannot write the results: {e.strerror or e}")
+    try:
         if plot is not None:
             cal.plot(report, plot)
     except OSError as e:
-        fail(f"{out_dir}: cannot write the results: {e.strerror or e}")
+        fail(f"--plot: {plot}: cannot write the plot: {e.strerror or e}")
     from rich.table import Table
 
     t = Table(title=f"{measurements.name}: simulated / measured")

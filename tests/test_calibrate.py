@@ -96,6 +96,10 @@ def cli(*args, cwd):
      ["measured.no_such", "no such figure"]),
     (lambda m: None, ["--fit", "costs.nope"], ["--fit", "costs.nope"]),
     (lambda m: None, ["--fit", "costs.access", "--plot", "x.txt"], ["--plot", "x.txt"]),
+    (lambda m: None, ["--fit", "costs.access", "--plot", "no/such/dir/p.png"],
+     ["--plot", "no such directory"]),
+    (lambda m: m["points"][0].update(set={"name": __import__("datetime").date(2021, 1, 1)}),
+     [], ["m.yaml", "name", "valid string"]),
 ])
 def test_bad_measurement_files_and_options_are_one_error_line(files, edit, args, fragments):
     m = yaml.safe_load((files / "m.yaml").read_text())

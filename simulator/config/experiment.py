@@ -113,6 +113,12 @@ class ExperimentConfig(_Model):
                 if ps not in geom.leaf_sizes().values():
                     raise ValueError(f"tlb.levels.{lv.name}.page_sizes: {format_size(ps)} is not "
                                      f"a leaf size of the {self.machine.granule} granule")
+        m = self.mapping_size()
+        if not self.guest.populated and m is not None and m > self.backing_size():
+            raise ValueError("guest.populated: false touches one backing page per fault; a "
+                             f"mapping ({self.guest.mapping}) larger than the backing page "
+                             "would leave the rest untouched: use mapping: largest or a "
+                             "larger backing")
         if self.hyp.rebuild == "replace" and self.machine.bbm_level != 2:
             raise ValueError("hyp.rebuild: replace stores a block over a table with no "
                              "break, which only FEAT_BBM level 2 allows: set "

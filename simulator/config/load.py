@@ -146,7 +146,7 @@ def load_with_includes(path: str | Path, _seen: tuple = ()) -> dict:
         raise ConfigError(str(path), "include", "includes nest too deep or in a circle")
     merged: dict = {}
     for name in inc:
-        target = p.parent / name
+        target = here.parent / name
         if not target.is_file():
             raise ConfigError(str(path), "include", f"no such file: {name}")
         merged = _merge(merged, load_with_includes(target, _seen + (here,)))
@@ -229,7 +229,7 @@ class Experiment:
         data = copy.deepcopy(self.raw)
         variants = data.pop("variants", None) or {}
         data.pop("sweep", None)
-        where = self.path + (f": sweep point {json.dumps(point)}" if point else "")
+        where = self.path + (f": sweep point {json.dumps(point, default=str)}" if point else "")
         for key, value in point.items():
             apply_override(data, key, copy.deepcopy(value), where)
         for key, value in (variants.get(name) or {}).items():
