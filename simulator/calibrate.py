@@ -29,9 +29,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-import multiprocessing as mp
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -129,24 +127,16 @@ def run_point(payload: dict) -> dict:
 
 def run_many(payloads: list[dict], workers: int,
              tick: Callable[[int, int], None] | None = None) -> list[dict]:
-    """Run the tasks, in parallel when asked; results in task order. ``tick(done, total)``
-    after each one."""
-    tick = tick or (lambda _d, _t: None)
-    n = len(payloads)
-    if workers <= 1 or n <= 1:
-        out = []
-        for p in payloads:
-            out.append(run_point(p))
-            tick(len(out), n)
-        return out
-    with ProcessPoolExecutor(max_workers=min(workers, n),
-                             mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(run_point, p): i for i, p in enumerate(payloads)}
-        results: list = [None] * n
-        for k, fut in enumerate(as_completed(futures), 1):
-            results[futures[fut]] = fut.result()
-            tick(k, n)
-        return results
+    """Run the tasks (unique names) as ``sweep`` runs its points; results in task order.
+    ``tick(done, total)`` after each one."""
+    from simulator.sweep import run_local
+
+    done: dict[str, dict] = {}
+    for rec in run_local(payloads, workers, run_point):
+        done[rec["name"]] = rec
+        if tick:
+            tick(len(done), len(payloads))
+    return [done[p["name"]] for p in payloads]
 
 
 class _Key:

@@ -122,21 +122,24 @@ def read_done(path: Path) -> dict[str, dict]:
 # backends: each yields result records as tasks finish
 
 
-def run_serial(payloads: list[dict]) -> Iterable[dict]:
+def run_serial(payloads: list[dict], fn: Callable[[dict], dict] = run_task) -> Iterable[dict]:
     for p in payloads:
-        yield run_task(p)
+        yield fn(p)
 
 
-def run_local(payloads: list[dict], workers: int) -> Iterable[dict]:
+def run_local(payloads: list[dict], workers: int,
+              fn: Callable[[dict], dict] = run_task) -> Iterable[dict]:
+    """``fn`` (a module-level task) of every payload, in worker processes when ``workers`` >
+    1; results as they finish."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     if workers <= 1 or len(payloads) <= 1:
-        yield from run_serial(payloads)
+        yield from run_serial(payloads, fn)
         return
     ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = [pool.submit(run_task, p) for p in payloads]
+    with ProcessPoolExecutor(max_workers=min(workers, len(payloads)), mp_context=ctx) as pool:
+        futures = [pool.submit(fn, p) for p in payloads]
         for fut in as_completed(futures):
             yield fut.result()
 

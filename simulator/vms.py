@@ -145,7 +145,7 @@ class GuestVM:
     def _first_touch(self, cfg, gcfg) -> dict[int, int]:
         """A guest whose memory is not populated (kvm mode): each backing page is allocated
         and zeroed by the first fault on it."""
-        if getattr(gcfg, "populated", True):
+        if gcfg.populated:  # pKVM guests are always populated (the config refuses false)
             return {}
         c = cfg.costs
         return {L.V_TOUCH_SHIFT: self.backing.bit_length() - 1,

@@ -350,7 +350,7 @@ def handle(c, v, cpu, now, md, sc, tl, mem, wk):
     st[c, S_LEVEL] = level
     rb = level < 3 and _locate(tables, vmt, v, ps, start, level, loc) and is_table(U(loc[2]),
                                                                                 level)
-    if pr[P_CMO_AT_FAULT] != 0 and fstatus != W_PERMISSION and not rb and pr[P_FWB] == 0:
+    if pr[P_CMO_AT_FAULT] != 0 and fstatus != W_PERMISSION and not rb:
         # 5.11: clean_dcache_guest_page() of the whole mapping size, before the map, whether
         # or not the map finds the leaf installed already (a rebuild's program does it first)
         st[c, S_OPC] = opc + np.int64(bs / fp[FP_CMO])

@@ -81,7 +81,10 @@ class Machine:
         pr[L.P_CONFLICT] = c.tlb_conflict_abort
         pr[L.P_FWB] = int(cfg.machine.fwb)
         pr[L.P_DIC] = int(cfg.machine.dic)
-        pr[L.P_CMO_AT_FAULT] = int(cfg.hyp.cmo_at == "fault")
+        # 5.11's clean at every fault (none with FWB): the fault handler and the rebuild
+        # program both follow this one flag
+        clean_at_fault = cfg.hyp.cmo_at == "fault" and not cfg.machine.fwb
+        pr[L.P_CMO_AT_FAULT] = int(clean_at_fault)
         pr[L.P_ACC_BYTES] = c.access_bytes
         pr[L.P_WALK_BYTES] = c.walk_ref_bytes
         pr[L.P_C_VISIT] = c.pte_visit
@@ -109,8 +112,7 @@ class Machine:
         self.costs[2] = c.walk_cache_hit
         if cfg.hyp.rebuild == "replace":
             self.costs[K_CONFLICT] = 1  # TLB conflicts become possible: look for them
-        self.rbprog = program(cfg.hyp.rebuild, cfg.machine.bbm_level,
-                              cfg.hyp.cmo_at == "fault" and not cfg.machine.fwb)
+        self.rbprog = program(cfg.hyp.rebuild, cfg.machine.bbm_level, clean_at_fault)
         self.block_levels = np.array(g.block_levels(), dtype=np.int64)
         self.owner = np.zeros(0, dtype=np.uint8)
         self.dirty = np.zeros(0, dtype=np.bool_)

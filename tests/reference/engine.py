@@ -416,7 +416,7 @@ class GuestVM(VM):
         if any(lo <= ipa < hi for lo, hi in self.windows):
             ctx.ctr.add("faults.in_window")
         yield cpu_event(env, costs.fault_entry_exit // 2 + costs.fault_handler)
-        if not getattr(self.gcfg, "populated", True) and status != W_PERMISSION:
+        if not self.gcfg.populated and status != W_PERMISSION:
             # gfn_to_pfn(): the host allocates and zeroes the backing page on its first
             # fault; whoever faults on it meanwhile waits until it is there
             key = (slot[0], (ipa - slot[0]) // self.backing)
