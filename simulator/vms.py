@@ -141,6 +141,10 @@ class GuestVM:
             **self._first_touch(cfg, gcfg),
         }, slots=self.slots, chunks=nchunks)
         self.chunks = _Chunks(machine, self, nchunks)
+        if gcfg.stage1 is not None:
+            from simulator.guest.stage1 import GuestStage1
+
+            machine.set_stage1(self, GuestStage1(gcfg.stage1, self.slots))
 
     def _first_touch(self, cfg, gcfg) -> dict[int, int]:
         """A guest whose memory is not populated (kvm mode): each backing page is allocated

@@ -219,10 +219,11 @@ def tlb_contents(t: TLBHierarchy) -> list[list[list[tuple]]]:
     return out
 
 
-def wc_contents(wc: WalkCache, page_shift: int) -> list[list[tuple]]:
-    """Per level, (vmid, region, row) from least to most recently used."""
+def wc_contents(wc: WalkCache, page_shift: int, first_row: int = 0) -> list[list[tuple]]:
+    """Per level, (vmid, region, row) from least to most recently used (rows 0..3: the
+    stage-2 levels; ``first_row`` 4: the stage-1 levels)."""
     out = []
-    for lv in range(4):
+    for lv in range(first_row, first_row + 4):
         live = [i for i in range(wc.entries_per_level) if wc.tag[lv, i] != 0]
         live.sort(key=lambda i: int(wc.stamp[lv, i]))
         out.append([((int(wc.tag[lv, i]) - 1) >> 48, (int(wc.tag[lv, i]) - 1) & ((1 << 48) - 1),
@@ -251,7 +252,7 @@ class TLBPair:
         t = self.sim
         self.now += 1
         e = int(tlb_lookup(lv, np.uint64(ipa), vmid, t.key, t.stamp, t.off, t.sets, t.ways,
-                           t.sizes, self.ps, self.now))
+                           t.sizes, self.now))
         want = self.ref.lookup(lv, ipa, vmid)
         got = None if e < 0 else ((int(t.key[e]) >> 40) & 63, int(t.pa[e]), int(t.perm[e]))
         assert got == (None if want is None else (want[0], want[1].pa, want[1].perm)), (
@@ -262,7 +263,7 @@ class TLBPair:
         t = self.sim
         self.now += 1
         e = int(tlb_fill(lv, np.uint64(ipa), vmid, shift, np.uint64(pa), perm, t.key, t.stamp,
-                         t.pa, t.perm, t.off, t.sets, t.ways, t.sizes, self.ps, self.now))
+                         t.pa, t.perm, t.off, t.sets, t.ways, t.sizes, self.now))
         assert (e >= 0) == self.ref.fill(lv, ipa, vmid, shift, pa, perm)
         self.check()
         return e

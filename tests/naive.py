@@ -1064,6 +1064,123 @@ def hw_walk(read: Callable[[int, int], int], base_pa: int, page_shift: int, root
 
 
 # ==========================================================================================
+# The nested walk: a guest's stage-1 over stage-2
+
+
+@dataclass
+class Stage1Regime:
+    """A guest stage-1 as the walker sees it: granule, start level, VA size, the IPA of the
+    top-level table, the guest's table-page layout (the table at IPA ``top - (r << ps)`` is
+    row r of ``read(r, index)``) and the contiguous run sizes (log2 entries)."""
+
+    ps: int
+    start: int
+    va_bits: int
+    root: int
+    top: int
+    cont3: int
+    cont2: int
+    read: Callable[[int, int], int]
+
+    def row_of(self, ipa: int) -> int:
+        return (self.top - ipa) >> self.ps
+
+
+@dataclass
+class NestedResult:
+    status: str
+    stage: int  # 1: the guest's stage-1 faulted; 2: stage-2 (or ok)
+    level: int
+    pte: int
+    refs1: int
+    refs2: int
+    hits: int  # walk-cache hits of either stage
+    s1_wc_level: int  # deepest stage-1 walk-cache level that hit, -1 none
+    shift: int = 0  # combined entry size (log2)
+    pa: int = 0  # its output address
+    ipa: int = 0  # the output IPA, or the IPA whose stage-2 walk faulted
+    s1ptw: bool = False  # the stage-2 fault was on a stage-1 table's IPA
+
+
+def nested_walk(read2, base_pa: int, ps2: int, root_row: int, sl2: int, ipa_bits: int,
+                s1: Stage1Regime, va: int, wc2: RefWalkCache | None, wc1: RefWalkCache | None,
+                vmid: int) -> NestedResult:
+    """Translate ``va``: every stage-1 table's IPA goes through a stage-2 walk before the
+    table is read, and so does the leaf's output IPA. A stage-1 walk-cache hit yields a
+    table whose stage-2 translation is known. The combined entry has the smaller of the two
+    leaf sizes, a contiguous stage-1 leaf counting as its whole run."""
+    refs1 = refs2 = hits = 0
+    s1hit = -1
+    if va >> s1.va_bits:
+        return NestedResult(W_TRANSLATION, 1, s1.start, 0, 0, 0, 0, -1)
+    level, row, known = s1.start, s1.row_of(s1.root), False
+    table_ipa = s1.root
+    if wc1 is not None:
+        for lv in range(2, s1.start - 1, -1):
+            hit = wc1.lookup(lv, vmid, va)
+            if hit is not None:
+                row, level, s1hit, known = hit, lv + 1, lv, True
+                hits += 1
+                break
+
+    def stage2(ipa: int) -> WalkResult:
+        nonlocal refs2, hits
+        w = hw_walk(read2, base_pa, ps2, root_row, sl2, ipa_bits, ipa, wc2, vmid)
+        refs2 += w.refs
+        hits += w.wc_level >= 0
+        return w
+
+    while True:
+        if not known:
+            w = stage2(table_ipa)
+            if w.status != W_OK:
+                return NestedResult(w.status, 2, w.level, w.pte, refs1, refs2, hits, s1hit,
+                                    ipa=table_ipa, s1ptw=True)
+        known = False
+        shift = granule_shift(level, s1.ps)
+        d = int(s1.read(row, (va >> shift) & ((1 << (s1.ps - 3)) - 1))) & MASK64
+        refs1 += 1
+        if not d & 1:
+            return NestedResult(W_TRANSLATION, 1, level, d, refs1, refs2, hits, s1hit)
+        if level < 3 and d & 2:
+            table_ipa = pte_to_phys(d, s1.ps)
+            row = s1.row_of(table_ipa)
+            if wc1 is not None:
+                wc1.fill(level, vmid, va, row)
+            level += 1
+            continue
+        if (level == 3 and not d & 2) or level < min_block_level(s1.ps):
+            return NestedResult(W_TRANSLATION, 1, level, d, refs1, refs2, hits, s1hit)
+        if not d & AF:
+            return NestedResult(W_ACCESS_FLAG, 1, level, d, refs1, refs2, hits, s1hit)
+        break
+    ipa = align_down(pte_to_phys(d, s1.ps), 1 << shift) + va % (1 << shift)
+    eff1 = shift + ((s1.cont3 if level == 3 else s1.cont2) if d & (1 << 52) else 0)
+    w = stage2(ipa)
+    if w.status != W_OK:
+        return NestedResult(w.status, 2, w.level, w.pte, refs1, refs2, hits, s1hit, ipa=ipa)
+    comb = min(eff1, w.shift)
+    leaf_pa = pte_to_phys(w.pte & oa_mask(w.level, ps2), ps2)
+    pa = align_down(leaf_pa + ipa % (1 << w.shift), 1 << comb)
+    return NestedResult(W_OK, 2, w.level, w.pte, refs1, refs2, hits, s1hit, comb, pa, ipa)
+
+
+def s1_lookup(s1: Stage1Regime, va: int) -> int:
+    """The IPA stage-1 maps ``va`` to, by reading the tables (no walk cache, nothing
+    counted); 0 when it maps none."""
+    level, row = s1.start, s1.row_of(s1.root)
+    while True:
+        shift = granule_shift(level, s1.ps)
+        d = int(s1.read(row, (va >> shift) & ((1 << (s1.ps - 3)) - 1))) & MASK64
+        if not d & 1:
+            return 0
+        if level < 3 and d & 2:
+            row, level = s1.row_of(pte_to_phys(d, s1.ps)), level + 1
+            continue
+        return align_down(pte_to_phys(d, s1.ps), 1 << shift) + va % (1 << shift)
+
+
+# ==========================================================================================
 # TLB hierarchy
 
 
@@ -1080,7 +1197,7 @@ class RefTLBLevel:
     """One set-associative level: per set an OrderedDict from LRU to MRU."""
 
     def __init__(self, name: str, sets: int, ways: int, latency: int, leaf_levels, page_shift,
-                 serves: str = "all"):
+                 serves: str = "all", shifts=()):
         self.name = name
         self.nsets = sets
         self.ways = ways
@@ -1088,7 +1205,8 @@ class RefTLBLevel:
         self.ps = page_shift
         self.serves = serves  # "all", "data" (reads, writes) or "instruction" (fetches)
         # the page sizes held, as shifts, largest first
-        self.shifts = sorted((granule_shift(lv, page_shift) for lv in leaf_levels), reverse=True)
+        self.shifts = sorted({granule_shift(lv, page_shift) for lv in leaf_levels} | set(shifts),
+                             reverse=True)
         self.sets: list[OrderedDict] = [OrderedDict() for _ in range(sets)]
 
     def set_of(self, vpn: int) -> OrderedDict:
@@ -1185,9 +1303,12 @@ class RefVcpu:
 
     def __init__(self, tlb: RefTLB, wc: RefWalkCache, *, vmid: int = 1,
                  costs: dict[str, int] | None = None, owner=None, owner_base: int = 0,
-                 me: int = 0):
+                 me: int = 0, s1: Stage1Regime | None = None):
         self.tlb = tlb
         self.wc = wc
+        # a guest stage-1: addresses are VAs, a miss walks both stages (nested_walk)
+        self.s1 = s1
+        self.wc1 = RefWalkCache(wc.n, s1.ps) if s1 is not None else None
         self.vmid = vmid
         self.costs = {"access": 0, "mem_ref": 0, "wc_hit": 0, "conflict_check": 0,
                       **(costs or {})}
@@ -1203,6 +1324,10 @@ class RefVcpu:
             "cycles.access", "cycles.translation", "xlate.l1", "xlate.l2", "xlate.l3")}
         if self.owner:
             self.ctr["isolation.violations"] = 0
+        if s1 is not None:
+            for k in ("walk.s1_refs", "walk.s2_refs", "walk_cache.s1_hits",
+                      "s1.translation_faults", "faults.s1ptw"):
+                self.ctr[k] = 0
         for n in names:
             self.ctr[f"tlb.{n}.hits"] = 0
             self.ctr[f"tlb.{n}.misses"] = 0
@@ -1210,9 +1335,16 @@ class RefVcpu:
     def counters(self) -> dict[str, int]:
         return dict(self.ctr)
 
-    def _fault(self, status: str, level: int, ipa: int, kind: int, pte: int, index: int):
+    def _fault(self, status: str, level: int, ipa: int, kind: int, pte: int, index: int,
+               stage: int = 2, s1ptw: bool = False):
         self.fault = {"status": status, "level": level, "ipa": ipa, "kind": kind, "pte": pte,
                       "index": index}
+        if self.s1 is not None:
+            self.fault.update(stage=stage, s1ptw=s1ptw)
+
+    def _ipa(self, va: int) -> int:
+        """The IPA a stage-2 fault reports for an access (HPFAR_EL2)."""
+        return va if self.s1 is None else s1_lookup(self.s1, va)
 
     def serving(self, kind: int) -> list[int]:
         """The levels an access of ``kind`` probes and fills, nearest first."""
@@ -1258,7 +1390,7 @@ class RefVcpu:
                 lv, shift, entry = hit
                 if self.costs["conflict_check"] and self.tlb.conflicts(lv, ipa, self.vmid,
                                                                        shift):
-                    self._fault("conflict", 0, ipa, kind, 0, i)
+                    self._fault("conflict", 0, self._ipa(ipa), kind, 0, i)
                     cycles += cyc
                     self._tally(cycles, attempts)
                     return i, cycles, "fault"
@@ -1266,6 +1398,38 @@ class RefVcpu:
                 for up in levels:
                     if up < lv:
                         self.tlb.fill(up, ipa, self.vmid, shift, pa, perm)
+            elif self.s1 is not None:
+                self.ctr["walks"] += 1
+                w = nested_walk(read, base_pa, page_shift, root_row, start_level_, ipa_bits,
+                                self.s1, ipa, self.wc if self.wc.n else None,
+                                self.wc1 if self.wc.n else None, self.vmid)
+                self.ctr["walk.mem_refs"] += w.refs1 + w.refs2
+                self.ctr["walk.s1_refs"] += w.refs1
+                self.ctr["walk.s2_refs"] += w.refs2
+                cyc += (w.refs1 + w.refs2) * self.costs["mem_ref"]
+                self.ctr["walk_cache.hits"] += w.hits
+                self.ctr["walk_cache.s1_hits"] += w.s1_wc_level >= 0
+                cyc += w.hits * self.costs["wc_hit"]
+                if w.status != W_OK:
+                    if w.stage == 1:
+                        self.ctr["s1.translation_faults"] += 1
+                    else:
+                        self.ctr[f"{w.status}_faults"] += 1
+                    self.ctr["faults.s1ptw"] += w.s1ptw
+                    self._fault(w.status, w.level, ipa if w.stage == 1 else w.ipa,
+                                READ if w.s1ptw else kind, w.pte, i, w.stage, w.s1ptw)
+                    cycles += cyc
+                    self._tally(cycles, attempts)
+                    return i, cycles, "fault"
+                pte = w.pte
+                perm = w.level << 4
+                perm |= PERM_R if pte & S2AP_R else 0
+                perm |= PERM_W if pte & S2AP_W else 0
+                perm |= 0 if pte & XN else PERM_X
+                shift, pa = w.shift, w.pa
+                if w.level == 3 or not pte & NT:  # an nT block is never cached
+                    for lv in levels:
+                        self.tlb.fill(lv, ipa, self.vmid, shift, pa, perm)
             else:
                 self.ctr["walks"] += 1
                 w = hw_walk(read, base_pa, page_shift, root_row, start_level_, ipa_bits, ipa,
@@ -1294,7 +1458,7 @@ class RefVcpu:
             need = {READ: PERM_R, WRITE: PERM_W, FETCH: PERM_X}[kind]
             if not perm & need:
                 self.ctr["permission_faults"] += 1
-                self._fault("permission", perm >> 4, ipa, kind, 0, i)
+                self._fault("permission", perm >> 4, self._ipa(ipa), kind, 0, i)
                 cycles += cyc
                 self._tally(cycles, attempts)
                 return i, cycles, "fault"

@@ -108,11 +108,16 @@ class ExperimentConfig(_Model):
                     sizes = ", ".join(format_size(s) for s in geom.leaf_sizes().values())
                     raise ValueError(f"{where}.mapping: {g.mapping} is not a mapping size of "
                                      f"the {self.machine.granule} granule ({sizes})")
+        self._check_stage1()
+        held = self.tlb_entry_sizes()
         for lv in self.tlb.levels:
             for ps in lv.page_sizes or []:
-                if ps not in geom.leaf_sizes().values():
+                if ps not in held:
+                    what = ("a combined entry size (a leaf or contiguous run of either stage)"
+                            if self.guest.stage1 else
+                            f"a leaf size of the {self.machine.granule} granule")
                     raise ValueError(f"tlb.levels.{lv.name}.page_sizes: {format_size(ps)} is not "
-                                     f"a leaf size of the {self.machine.granule} granule")
+                                     f"{what}: {', '.join(format_size(s) for s in held)}")
         m = self.mapping_size()
         if not self.guest.populated and m is not None and m > self.backing_size():
             raise ValueError("guest.populated: false touches one backing page per fault; a "
@@ -129,6 +134,48 @@ class ExperimentConfig(_Model):
                              "at fault time under the 6.2 read lock)")
         self._check_rmap(geom)
         return self
+
+    def _check_stage1(self) -> None:
+        s1 = self.guest.stage1
+        if self.hyp.mode == "pkvm":
+            if s1 is not None or any(g.stage1 is not None for g in self.guests):
+                raise ValueError("guest.stage1: two-stage translation runs in kvm mode; pkvm "
+                                 "guests and the host translate IPAs only")
+            return
+        if s1 is None:
+            return
+        from simulator.arch.stage1 import S1Geometry
+
+        g1 = S1Geometry.from_granule(s1.granule, s1.va_bits)
+        if s1.mapping not in ("thp", "largest") and \
+                parse_size(s1.mapping) not in g1.leaf_sizes().values():
+            sizes = ", ".join(format_size(x) for x in g1.leaf_sizes().values())
+            raise ValueError(f"guest.stage1.mapping: {s1.mapping} is not a stage-1 leaf size of "
+                             f"the {s1.granule} granule with {s1.va_bits}-bit VAs ({sizes})")
+        if s1.mapping == "thp" and 2 not in g1.block_levels():
+            raise ValueError("guest.stage1.mapping: thp needs level-2 blocks")
+        if self.guest.placement != "identity":
+            raise ValueError("guest.placement: with guest.stage1 the guest's own page tables "
+                             "place what the workload touches; leave placement: identity")
+        from workloads.spec import PageTableTestSpec
+
+        if isinstance(self.workload, PageTableTestSpec):
+            raise ValueError("guest.stage1: page_table_test touches guest memory directly "
+                             "(IPAs), as the selftest's guest code does")
+
+    def tlb_entry_sizes(self) -> list[int]:
+        """The sizes a TLB entry can have: the stage-2 leaves, and with a guest stage-1 its
+        leaves and contiguous runs too (a combined entry is the smaller of the two)."""
+        sizes = set(self.geometry.leaf_sizes().values())
+        s1 = self.guest.stage1
+        if s1 is not None and self.hyp.mode == "kvm":
+            from simulator.arch.stage1 import S1Geometry
+
+            g1 = S1Geometry.from_granule(s1.granule, s1.va_bits)
+            sizes |= set(g1.leaf_sizes().values())
+            if s1.contiguous:
+                sizes |= {g1.cont_size(lv) for lv in (2, 3) if lv in g1.block_levels()}
+        return sorted(sizes)
 
     def _check_page_table_test(self) -> None:
         from workloads.spec import PageTableTestSpec

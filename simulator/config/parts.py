@@ -83,6 +83,22 @@ Mapping = Literal["4K", "16K", "64K", "2M", "32M", "512M", "1G", "largest"]
 Backing = Literal["anonymous", "thp", "hugetlb_2m", "hugetlb_1g"]
 
 
+class Stage1Config(_Model):
+    """The guest's own page tables (VMSAv8-64 stage-1), built on demand by its fault handler
+    (simulator.guest.stage1). With it, workload addresses are virtual addresses."""
+
+    granule: Literal["4K", "16K", "64K"] = Field(default="4K", description="Stage-1 granule "
+                                                 "(may differ from machine.granule).")
+    va_bits: int = Field(default=48, ge=36, le=48, description="Virtual address size, bits "
+                         "(TCR_EL1.T0SZ = 64 - va_bits).")
+    mapping: Literal["4K", "16K", "64K", "2M", "32M", "512M", "1G", "thp", "largest"] = Field(
+        default="4K", description="What a stage-1 fault maps: a page, a block size, thp (the "
+        "level-2 block) or largest (the largest block of the granule).")
+    contiguous: bool = Field(default=False, description="Map the whole contiguous run around "
+                             "the fault with the contiguous bit (CONT_PTES pages or CONT_PMDS "
+                             "blocks: 16 x 4K or 16 x 2M with the 4K granule).")
+
+
 class GuestConfig(_Model):
     memory: Size = Field(default=1 << 30, description="Guest memory (one memslot at IPA 0 "
                          "unless memslots are given).")
@@ -109,6 +125,10 @@ class GuestConfig(_Model):
                                  "placement (a power of two, at least the page size).")
     memslots: list[MemslotConfig] | None = Field(
         default=None, description="Memslots (IPA base and size); default one slot [0, memory).")
+    stage1: Stage1Config | None = Field(
+        default=None, description="The guest's stage-1 (two-stage translation): workload "
+        "addresses are VAs, translated by the guest's tables and then by stage-2. None: "
+        "addresses are IPAs (stage-2 only).")
 
     def slots(self) -> list[MemslotConfig]:
         return self.memslots or [MemslotConfig(base=0, size=self.memory)]
@@ -199,11 +219,16 @@ class CostsConfig(_Model):
     tlbi_vmid: int = Field(default=400, ge=0, description="TLBI VMALLS12E1IS + DSB, cycles.")
     cmo_bytes_per_cycle: float = Field(default=3.2, gt=0, description="dcache clean+invalidate "
                                        "to PoC throughput without FWB, bytes per cycle.")
+    guest_fault: int = Field(default=4900, ge=0, description="The guest kernel's page fault "
+                             "on a stage-1 translation fault (exception, handle_mm_fault(), page "
+                             "allocation, return), cycles; zeroing the new pages is charged at "
+                             "zero_bytes_per_cycle on top.")
     page_alloc: int = Field(default=1500, ge=0, description="Host: allocating one backing page "
                             "on a guest's first touch (buddy or hugetlb pool, the VMM's page "
                             "table, accounting), zeroing not included, cycles.")
-    zero_bytes_per_cycle: float = Field(default=8.0, gt=0, description="Host: zeroing a new "
-                                        "backing page (clear_page(), DC ZVA), bytes per cycle.")
+    zero_bytes_per_cycle: float = Field(default=8.0, gt=0, description="Zeroing a new "
+                                        "page (clear_page(), DC ZVA): the host's backing pages, the "
+                                        "guest's own new pages and tables, bytes per cycle.")
     icache_bytes_per_cycle: float = Field(default=64.0, gt=0, description="icache invalidate "
                                           "to PoU throughput, bytes per cycle.")
     perm_fault_handler: int = Field(default=1000, ge=0, description="Permission-fault handling "

@@ -33,6 +33,8 @@ from simulator.engine.layout import (
     G_ERR_CTX,
     G_ERR_IPA,
     G_NWIN,
+    G_S1_ENTRIES,
+    G_S1_FLUSHES,
     G_TLBI_ENTRIES,
     P_ATTR,
     P_ATTR_X,
@@ -146,7 +148,7 @@ from simulator.hyp.rebuild import (
 )
 from simulator.mmu.batch import FETCH, WRITE
 from simulator.mmu.tlb import tlb_invalidate
-from simulator.mmu.walk import W_PERMISSION, wc_invalidate
+from simulator.mmu.walk import W_PERMISSION, wc_flush_s1, wc_invalidate
 
 U = np.uint64
 # int64 (not literal) arguments: a literal int would compile the callee once more per value
@@ -192,31 +194,47 @@ def account(rep, ec, tc, c, g):
 
 
 @jit
-def invalidate_cpu(cpu, vmid, lo, hi, page_shift, key2, off, sets, ways, sizes, wc_tag3):
+def invalidate_cpu(cpu, vmid, lo, hi, page_shift, tl, g):
     """One CPU drops the VMID's walk-cache and TLB entries in [lo, hi) (0, 0: all of them);
-    returns the TLB entries removed."""
-    wc_invalidate(vmid, U(lo), U(hi), page_shift, wc_tag3[cpu])
-    return tlb_invalidate(vmid, U(lo), U(hi), key2[cpu], off, sets, ways, sizes, page_shift)
+    returns the TLB entries removed. For a VMID whose guest has a stage-1 the TLB holds
+    combined VA -> PA entries, which no IPA names: KVM follows every stage-2 invalidation
+    with TLBI VMALLE1(IS) (__kvm_tlb_flush_vmid_ipa(), "invalidate Stage-2 for this IPA, and
+    the whole of Stage-1"), so all of the VMID's entries and stage-1 walk-cache entries go,
+    counted in G_S1_ENTRIES (the caller counts the flush)."""
+    wc_invalidate(vmid, U(lo), U(hi), page_shift, tl.wc_tag[cpu])
+    if vmid >= 0 and vmid < tl.s1.shape[0] and tl.s1[vmid] != 0:
+        wc_flush_s1(vmid, tl.wc_tag[cpu])
+        g[G_S1_ENTRIES] += tlb_invalidate(vmid, U(0), U(0), tl.key[cpu], tl.off, tl.sets,
+                                          tl.ways, tl.sizes)
+        return 0
+    return tlb_invalidate(vmid, U(lo), U(hi), tl.key[cpu], tl.off, tl.sets, tl.ways, tl.sizes)
 
 
 @jit
-def invalidate_all(vmid, lo, hi, ps, g, key2, off, sets, ways, sizes, wc_tag3):
-    """Every CPU drops the VMID's entries in [lo, hi) (0, 0: all), counted in tlbi.entries."""
-    for cpu in range(key2.shape[0]):
-        g[G_TLBI_ENTRIES] += invalidate_cpu(cpu, vmid, lo, hi, ps, key2, off, sets, ways,
-                                            sizes, wc_tag3)
+def count_s1_flush(vmid, tl, g):
+    """A stage-2 invalidation of a two-stage VMID also flushed its stage-1: count it."""
+    if vmid >= 0 and vmid < tl.s1.shape[0] and tl.s1[vmid] != 0:
+        g[G_S1_FLUSHES] += 1
 
 
 @jit
-def apply_tlbis(rep, tlog, vmid, ps, g, key2, off, sets, ways, sizes, wc_tag3):
+def invalidate_all(vmid, lo, hi, ps, g, tl):
+    """Every CPU drops the VMID's entries in [lo, hi) (0, 0: all), counted in tlbi.entries
+    (combined entries in tlbi.s1_entries)."""
+    for cpu in range(tl.key.shape[0]):
+        g[G_TLBI_ENTRIES] += invalidate_cpu(cpu, vmid, lo, hi, ps, tl, g)
+    count_s1_flush(vmid, tl, g)
+
+
+@jit
+def apply_tlbis(rep, tlog, vmid, ps, g, tl):
     """An operation's logged invalidations, on every CPU."""
     for i in range(rep[R_TLBI_LOG_N]):
         if tlog[i, TLOG_KIND] == TLBI_VMID:
-            invalidate_all(vmid, I0, I0, ps, g, key2, off, sets, ways, sizes, wc_tag3)
+            invalidate_all(vmid, I0, I0, ps, g, tl)
         else:
             lo = tlog[i, TLOG_ADDR]
-            invalidate_all(vmid, lo, lo + tlog[i, TLOG_SIZE], ps, g, key2, off, sets, ways,
-                            sizes, wc_tag3)
+            invalidate_all(vmid, lo, lo + tlog[i, TLOG_SIZE], ps, g, tl)
 
 
 # ---- the guest's layout -------------------------------------------------------------------
@@ -284,7 +302,6 @@ def handle(c, v, cpu, now, md, sc, tl, mem, wk):
     when a rebuild follows. md, sc, tl, mem, wk: the engine's groups (layout.Model, ...)."""
     pr, fp, vmt, slots, chunks, block_levels, _ = md
     g, st, ec, tc = sc.g, sc.st, sc.ec, sc.tc
-    key2, off, sets, ways, sizes = tl.key, tl.off, tl.sets, tl.ways, tl.sizes
     tables, refcnt, free, meta, _ = mem
     stat, rep, tlog, stk, dirty, loc = wk.stats[v], wk.rep, wk.tlog, wk.stk, wk.dirty, wk.loc
     ps = pr[P_PAGE_SHIFT]
@@ -329,7 +346,17 @@ def handle(c, v, cpu, now, md, sc, tl, mem, wk):
                      vmt[v, V_START_LEVEL], vmt[v, V_IA_BITS], U(lo), U(lo + page), clear_bits,
                      set_bits, I0, F_HANDLE_FAULT | vmt[v, V_FLAGS], vmt[v, V_RULE], stat, rep,
                      tlog, stk)
-        tlb_invalidate(vmt[v, V_VMID], U(lo), U(lo + page), key2[cpu], off, sets, ways, sizes, ps)
+        # the local TLBI of that IPA's leaf (6.6+: __kvm_tlb_flush_vmid_ipa_nsh(), which
+        # flushes the VMID's stage-1 too)
+        vmid = vmt[v, V_VMID]
+        if vmid < tl.s1.shape[0] and tl.s1[vmid] != 0:
+            wc_flush_s1(vmid, tl.wc_tag[cpu])
+            g[G_S1_ENTRIES] += tlb_invalidate(vmid, U(0), U(0), tl.key[cpu], tl.off, tl.sets,
+                                              tl.ways, tl.sizes)
+            g[G_S1_FLUSHES] += 1
+        else:
+            tlb_invalidate(vmid, U(lo), U(lo + page), tl.key[cpu], tl.off, tl.sets, tl.ways,
+                           tl.sizes)
         opc += op_cycles(rep, pr, fp) + pr[P_PERM_HANDLER] + pr[P_TLBI_IPA]
         ec[c, E_TLBI_OPS] += 1
         tc[c, E_TLBI_OPS] = 1
@@ -389,7 +416,6 @@ def map_fault(c, v, md, sc, tl, mem, wk):
     """kvm_pgtable_stage2_map() of (S_START, S_SIZE) for a fault; False on an error."""
     pr, fp, vmt, chunks = md.pr, md.fp, md.vmt, md.chunks
     g, st, ec, tc = sc.g, sc.st, sc.ec, sc.tc
-    key2, off, sets, ways, sizes, wc_tag3 = tl.key, tl.off, tl.sets, tl.ways, tl.sizes, tl.wc_tag
     tables, refcnt, free, meta, _ = mem
     stat, rep, tlog, stk = wk.stats[v], wk.rep, wk.tlog, wk.stk
     ps = pr[P_PAGE_SHIFT]
@@ -430,7 +456,7 @@ def map_fault(c, v, md, sc, tl, mem, wk):
         tc[c, E_SPURIOUS] = 1
         st[c, S_REPEATS] = 0
     st[c, S_OPC] += op_cycles(rep, pr, fp)
-    apply_tlbis(rep, tlog, vmt[v, V_VMID], ps, g, key2, off, sets, ways, sizes, wc_tag3)
+    apply_tlbis(rep, tlog, vmt[v, V_VMID], ps, g, tl)
     return account(rep, ec, tc, c, g)
 
 
@@ -451,7 +477,6 @@ def rebuild(c, v, now, md, sc, tl, mem, wk):
     the time charged so far) or its END (the release is scheduled); False on an error."""
     pr, fp, vmt, prog = md.pr, md.fp, md.vmt, md.rbprog
     g, st, ec, tc, ht, hs, hc, win = sc.g, sc.st, sc.ec, sc.tc, sc.ht, sc.hs, sc.hc, sc.win
-    key2, off, sets, ways, sizes, wc_tag3 = tl.key, tl.off, tl.sets, tl.ways, tl.sizes, tl.wc_tag
     tables, refcnt, free, meta, _ = mem
     stat, rep, tlog = wk.stats[v], wk.rep, wk.tlog
     ps = pr[P_PAGE_SHIFT]
@@ -469,7 +494,7 @@ def rebuild(c, v, now, md, sc, tl, mem, wk):
             if not _step(np.int64(STEP_BREAK), c, v, pr, vmt, st, tables, refcnt, free, meta,
                          stat, rep, tlog, I0, IM1, fl, ec, tc, g):
                 return False
-            apply_tlbis(rep, tlog, vmid, ps, g, key2, off, sets, ways, sizes, wc_tag3)
+            apply_tlbis(rep, tlog, vmid, ps, g, tl)
             acc += op_cycles(rep, pr, fp)
         elif op == RB_WINDOW_OPEN:
             k = g[G_NWIN]
@@ -513,7 +538,7 @@ def rebuild(c, v, now, md, sc, tl, mem, wk):
             acc += op_cycles(rep, pr, fp)
         elif op == RB_FLUSH_LANDS:
             # TLBI VMALLS12E1IS takes effect when it completes
-            invalidate_all(vmid, I0, I0, ps, g, key2, off, sets, ways, sizes, wc_tag3)
+            invalidate_all(vmid, I0, I0, ps, g, tl)
         elif op == RB_WAIT:
             st[c, S_RB_PC] = pc
             st[c, S_RB_ACC] = 0
@@ -526,8 +551,8 @@ def rebuild(c, v, now, md, sc, tl, mem, wk):
 
 
 @jit
-def unmap_pages(ipas, v, pr, fp, vmt, g, tables, refcnt, free, meta, stat, rep, tlog, stk, key2,
-                off, sets, ways, sizes, wc_tag3, acc):
+def unmap_pages(ipas, v, pr, fp, vmt, g, tables, refcnt, free, meta, stat, rep, tlog, stk, tl,
+                acc):
     """kvm_pgtable_stage2_unmap() of each page at ``ipas`` of stage-2 ``v`` in turn, its
     invalidations delivered to every CPU. Returns the cycles; ``acc`` (5 int64) gets the
     TLBI instructions, table pages allocated and freed, cache-maintenance bytes and WARN()s."""
@@ -542,7 +567,7 @@ def unmap_pages(ipas, v, pr, fp, vmt, g, tables, refcnt, free, meta, stat, rep, 
                      vmt[v, V_START_LEVEL], vmt[v, V_IA_BITS], U(a), U(a + page), U(0), U(0), I0,
                      vmt[v, V_FLAGS], vmt[v, V_RULE], stat, rep, tlog, stk)
         total += op_cycles(rep, pr, fp)
-        apply_tlbis(rep, tlog, vmt[v, V_VMID], ps, g, key2, off, sets, ways, sizes, wc_tag3)
+        apply_tlbis(rep, tlog, vmt[v, V_VMID], ps, g, tl)
         acc[0] += rep[R_TLBI_IPA] + rep[R_TLBI_RANGE] + rep[R_TLBI_VMID]
         acc[1] += rep[R_TABLES_ALLOCATED]
         acc[2] += rep[R_TABLES_FREED]

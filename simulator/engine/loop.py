@@ -12,6 +12,9 @@ next SimPy event: agents run there), no context has an event, or Python must act
   donation of a chunk); Python serves it and resumes the context;
 * signals (``RET_SIGNAL``): a lock granted to an agent, a context that has finished.
 
+A stage-1 fault (a guest with its own page tables) goes to the guest's handler
+(:func:`simulator.guest.stage1.s1_fault`): no exit, no KVM lock, its time charged.
+
 The fault handler is user_mem_abort() as a cost model: exception entry, the handler's work
 outside the lock, the lock, the page-table operation (the kernel's walker, charged by what
 it did), release, return. Permission faults relax the leaf; with dirty logging a write marks
@@ -30,6 +33,7 @@ from simulator._jit import jit
 from simulator.engine.fault import (
     account,
     apply_tlbis,
+    count_s1_flush,
     handle,
     invalidate_cpu,
     map_fault,
@@ -43,6 +47,7 @@ from simulator.engine.layout import (
     CALL_GROW,
     CALL_REFILL,
     CALL_RMAP_GROW,
+    CALL_S1_GROW,
     E_ABORTS,
     E_CONFLICT,
     E_FAULT_CYCLES,
@@ -51,17 +56,23 @@ from simulator.engine.layout import (
     E_LOCK_WAIT,
     E_MEM_BYTES,
     E_MEM_STALL,
+    E_S1_BYTES,
+    E_S1_CYCLES,
+    E_S1_FAULTS,
+    E_S1_TABLES,
     E_SCHED_SLICES,
     E_TOUCH,
     E_TOUCH_CYCLES,
     E_TOUCH_WAIT,
     E_SCHED_WAIT,
     E_SPURIOUS,
+    ERR_GUEST_OOM,
     ERR_HOST_ENOMEM,
     ERR_HYP_BUG,
     ERR_OUTSIDE,
     ERR_STUCK,
     FP_BW,
+    FP_ZERO,
     G_CALL,
     G_CALL_CTX,
     G_DONE_ACC,
@@ -73,9 +84,11 @@ from simulator.engine.layout import (
     G_PENDING,
     GROW_MARGIN,
     P_ACC_BYTES,
+    P_C_STORE,
     P_CONFLICT,
     P_EXIT,
     P_GROW,
+    P_GUEST_FAULT,
     P_HANDOFF,
     P_LOCK,
     P_MAX_CYCLES,
@@ -129,6 +142,7 @@ from simulator.engine.layout import (
     ST_END,
     ST_ENTERED,
     ST_FAULT_END,
+    ST_GUEST_FAULT,
     ST_HANDED,
     ST_HANDLE,
     ST_HOST_ABORT,
@@ -157,6 +171,7 @@ from simulator.engine.layout import (
     V_POOL,
     V_RMAP,
     V_ROOT,
+    V_S1,
     V_SLOT_OFF,
     V_START_LEVEL,
     V_TBASE,
@@ -192,8 +207,17 @@ from simulator.hyp.host import (
 from simulator.hyp.page_rmap import rmap_add_leaf
 from simulator.hyp.pgtable import EAGAIN, ENOMEM, EPERM, M_HWM, M_NFREE, tables_needed
 from simulator.hyp.pools import memcache_settle, memcache_topup
-from simulator.mmu.batch import B_FAULT, C_WALK_REFS, FR_IPA, FR_KIND, FR_STATUS, run_batch
-from simulator.mmu.walk import W_CONFLICT, W_PERMISSION
+from simulator.guest.stage1 import G1_ROWS, S1F_OOM, s1_fault
+from simulator.mmu.batch import (
+    B_FAULT,
+    C_WALK_REFS,
+    FR_IPA,
+    FR_KIND,
+    FR_STAGE,
+    FR_STATUS,
+    run_batch,
+)
+from simulator.mmu.walk import S1_PS, W_CONFLICT, W_PERMISSION
 
 U = np.uint64
 # int64 (not literal) arguments: a literal int would compile the callee once more per value
@@ -217,17 +241,18 @@ def advance(horizon, md, sc, tl, mems, sm, wk):
     mtables/mrefcnt/mfree/mmeta: the table memories (tuples); stats: per stage-2 leaf counts;
     rep/tlog/stk: walker scratch; dirty: the logging guest's dirty bitmap; key2 .. lay: the
     CPUs' TLBs (per CPU rows, shared geometry); wc_*3: walk caches; clock2: LRU clocks;
-    costs: run_batch's cost slots; ctr2/fault2: each context's MMU counters and fault
-    record; owner: the ownership record (pkvm; empty in kvm); loc: scratch (3 int64);
+    s1 (in tl): per VMID, 1 when its guest has a stage-1; costs: run_batch's cost slots;
+    ctr2/fault2: each context's MMU counters and fault record; owner: the ownership record (pkvm; empty in kvm); loc: scratch (3 int64);
     hys: the table memories' hyp-pool stores (tuple; empty stores without pools); hw/hreg:
     pKVM's host abort work area and regions (simulator.hyp.host); rm: the reverse map of the
-    guest that keeps one (simulator.hyp.page_rmap; a dummy otherwise)."""
+    guest that keeps one (simulator.hyp.page_rmap; a dummy otherwise); s1t/s1p/s1out: the
+    guest stage-1 and its fault handler's scratch (simulator.guest.stage1)."""
     pr, fp, vmt, slots, chunks, block_levels, rbprog = md
     g, st, ec, tc, ht, hs, hc, lk, lq, cs, cq, win, sig = sc
     (key2, stamp2, tpa2, tperm2, off, sets, ways, lat, sizes, serves, lay, wc_tag3, wc_row3,
-     wc_stamp3, clock2) = tl
+     wc_stamp3, clock2, _) = tl
     addrs2, kinds2, costs, ctr2, fault2 = sm
-    stats, rep, tlog, stk, dirty, owner, loc, hw, hreg, rm, touch = wk
+    stats, rep, tlog, stk, dirty, owner, loc, hw, hreg, rm, touch, s1t, s1p, s1out = wk
     ps = pr[P_PAGE_SHIFT]
     while True:
         if pr[P_GROW] != 0:
@@ -294,7 +319,7 @@ def advance(horizon, md, sc, tl, mems, sm, wk):
                     vmt[v, V_IA_BITS], key2[cpu], stamp2[cpu], tpa2[cpu], tperm2[cpu], off, sets,
                     ways, lat, sizes, serves, lay, wc_tag3[cpu], wc_row3[cpu], wc_stamp3[cpu],
                     clock2[cpu], costs, ctr2[c], fault2[c], owner, pr[P_OWNER_BASE],
-                    vmt[v, V_OWNER])
+                    vmt[v, V_OWNER], vmt[v, V_S1], s1t, s1p)
                 st[c, S_POS] = i
                 st[c, S_BEFORE] = before
                 st[c, S_STATUS] = status
@@ -335,6 +360,21 @@ def advance(horizon, md, sc, tl, mems, sm, wk):
                 st[c, S_KIND] = f[FR_KIND]
                 st[c, S_FSTATUS] = f[FR_STATUS]
                 st[c, S_T0] = now
+                if f[FR_STAGE] == 1:
+                    # a stage-1 fault: the guest's own page-fault handler, no exit
+                    st[c, S_STATE] = ST_GUEST_FAULT
+                    continue
+                if f[FR_STATUS] == W_CONFLICT:
+                    # a TLB conflict abort: this CPU's TLB is flushed for the VMID; the access
+                    # is replayed (no lock, no page-table work)
+                    ec[c, E_CONFLICT] += 1
+                    tc[c, E_CONFLICT] = 1
+                    invalidate_cpu(cpu, vmt[v, V_VMID], I0, I0, ps, tl, g)
+                    count_s1_flush(vmt[v, V_VMID], tl, g)
+                    st[c, S_DEBT] += pr[P_CONFLICT]
+                    if st[c, S_HELD] != 0:
+                        _yield_cpu(c, now, pr, st, cs, cq, ht, hs, hc, g)
+                    continue
                 if vmt[v, V_KIND] == VM_HOST:
                     # handle_host_mem_abort(): entry, then the host lock
                     st[c, S_LOCK] = vmt[v, V_LOCK]
@@ -352,17 +392,6 @@ def advance(horizon, md, sc, tl, mems, sm, wk):
                     g[G_ERR_CTX] = c
                     g[G_ERR_IPA] = ipa
                     return RET_ERROR
-                if f[FR_STATUS] == W_CONFLICT:
-                    # a TLB conflict abort: this CPU's TLB is flushed for the VMID; the access
-                    # is replayed (no lock, no page-table work)
-                    ec[c, E_CONFLICT] += 1
-                    tc[c, E_CONFLICT] = 1
-                    invalidate_cpu(cpu, vmt[v, V_VMID], I0, I0, ps, key2, off, sets, ways, sizes,
-                                   wc_tag3)
-                    st[c, S_DEBT] += pr[P_CONFLICT]
-                    if st[c, S_HELD] != 0:
-                        _yield_cpu(c, now, pr, st, cs, cq, ht, hs, hc, g)
-                    continue
                 for k in range(g[G_NWIN]):
                     if win[k, 0] == v and win[k, 1] <= ipa < win[k, 2]:
                         ec[c, E_IN_WINDOW] += 1
@@ -371,6 +400,32 @@ def advance(horizon, md, sc, tl, mems, sm, wk):
                 st[c, S_SLOT] = slot
                 st[c, S_STATE] = ST_ENTERED
                 push(ht, hs, hc, g, now + vmt[v, V_ENTRY], c)
+                break
+            if s == ST_GUEST_FAULT:
+                if s1p[G1_ROWS] + 4 > s1t.shape[0]:  # room for the tables it may allocate
+                    g[G_CALL] = CALL_S1_GROW
+                    g[G_CALL_CTX] = c
+                    return RET_CALL
+                r = s1_fault(st[c, S_IPA], s1t, s1p, slots, vmt[v, V_SLOT_OFF],
+                             vmt[v, V_NSLOT], s1out)
+                if r == S1F_OOM:
+                    g[G_ERR] = ERR_GUEST_OOM
+                    g[G_ERR_CTX] = c
+                    g[G_ERR_IPA] = st[c, S_IPA]
+                    return RET_ERROR
+                # the handler, zeroing its new table and data pages, its descriptor stores
+                cyc = (pr[P_GUEST_FAULT] + s1out[1] * pr[P_C_STORE]
+                       + np.int64(((s1out[0] << s1p[S1_PS]) + s1out[2]) / fp[FP_ZERO]))
+                ec[c, E_S1_FAULTS] += 1
+                ec[c, E_S1_CYCLES] += cyc
+                ec[c, E_S1_TABLES] += s1out[0]
+                ec[c, E_S1_BYTES] += s1out[2]
+                tc[c, E_S1_FAULTS] = 1
+                tc[c, E_S1_CYCLES] = 1
+                tc[c, E_S1_TABLES] = 1
+                tc[c, E_S1_BYTES] = 1
+                st[c, S_STATE] = ST_TOP
+                push(ht, hs, hc, g, now + cyc, c)
                 break
             if s == ST_ENTERED:
                 st[c, S_STATE] = ST_TOUCHED
@@ -453,8 +508,7 @@ def advance(horizon, md, sc, tl, mems, sm, wk):
                         if host_idmap_step(hw, hreg, tables, refcnt, free, meta, stat, rep, tlog,
                                            stk, hy):
                             op += op_cycles(rep, pr, fp)
-                            apply_tlbis(rep, tlog, vmt[v, V_VMID], ps, g, key2, off, sets, ways,
-                                        sizes, wc_tag3)
+                            apply_tlbis(rep, tlog, vmt[v, V_VMID], ps, g, tl)
                             if not account(rep, ec, tc, c, g):
                                 return RET_ERROR
                     if hw[HW_BUG] != 0 or hw[HW_RET] == -ENOMEM:

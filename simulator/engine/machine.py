@@ -90,6 +90,7 @@ class Machine:
         pr[L.P_C_VISIT] = c.pte_visit
         pr[L.P_C_STORE] = c.pte_store
         pr[L.P_C_PUT] = c.pte_put
+        pr[L.P_GUEST_FAULT] = c.guest_fault
         pr[L.P_C_ALLOC] = c.table_alloc
         pr[L.P_C_FREE] = c.table_free
         pr[L.P_C_TLBI_IPA] = c.tlbi_ipa
@@ -105,6 +106,7 @@ class Machine:
         self.fp[L.FP_CMO] = c.cmo_bytes_per_cycle
         self.fp[L.FP_ICACHE] = c.icache_bytes_per_cycle
         self.fp[L.FP_BW] = cfg.machine.mem_bytes_per_cycle
+        self.fp[L.FP_ZERO] = c.zero_bytes_per_cycle
         self.op_costs = OpCosts(pr, self.fp)
         self.costs = np.zeros(N_COSTS, dtype=np.int64)
         self.costs[0] = c.access
@@ -137,6 +139,13 @@ class Machine:
         self.hreg = np.zeros((0, 3), dtype=np.int64)
         self._empty_store = empty_store()
         self.rmap = None  # the reverse map of the guest that keeps one (PageRmap)
+        # the guest stage-1 (simulator.guest.stage1.GuestStage1) of the guest that has one,
+        # and per VMID whether its guest has one
+        self.stage1 = None
+        self.s1vmid = np.zeros(1, dtype=np.int64)
+        self._no_s1t = np.zeros((0, 1), dtype=np.uint64)
+        self._no_s1p = np.zeros(0, dtype=np.int64)
+        self.s1out = np.zeros(3, dtype=np.int64)
         self._frozen = False
         self._agent_events: dict[int, simpy.Event] = {}
         self._next_agent = 0
@@ -145,14 +154,13 @@ class Machine:
 
     # -- parts -------------------------------------------------------------------------------
     def make_tlb(self) -> TLBHierarchy:
-        g = self.cfg.geometry
+        cfg = self.cfg
         specs = []
-        for lv in self.cfg.tlb.levels:
-            sizes = lv.page_sizes or list(g.leaf_sizes().values())
-            leaf_levels = tuple(sorted(g.level_for_size(s) for s in sizes))
-            specs.append(TLBLevelSpec(lv.name, lv.sets, lv.ways, lv.latency, leaf_levels,
-                                      lv.serves))
-        return TLBHierarchy(specs, g.page_shift)
+        for lv in cfg.tlb.levels:
+            sizes = lv.page_sizes or cfg.tlb_entry_sizes()
+            specs.append(TLBLevelSpec(lv.name, lv.sets, lv.ways, lv.latency, (), lv.serves,
+                                      tuple(s.bit_length() - 1 for s in sizes)))
+        return TLBHierarchy(specs, cfg.geometry.page_shift)
 
     def add_cpu(self, shared: bool = False) -> Cpu:
         """A physical CPU (all are added before the first context starts)."""
@@ -218,6 +226,8 @@ class Machine:
         mmu.costs = self.costs
         mmu.layout = self.layout
         mmu.owner = self.owner
+        if int(self.vmt[vm.index, L.V_S1]):
+            mmu.s1p = self.stage1.s1p  # its counters() report the nested walk's
         mmu.ctr = self.ctr2[i]
         mmu.fault = self.fault2[i]
         ctx = Context(i, vm, stream, cpu, label, mmu, self)
@@ -301,9 +311,18 @@ class Machine:
         self.tlb_geom = (t0.off, t0.sets, t0.ways, t0.latency, t0.sizes, t0.serves)
         from simulator.mmu.batch import batch_layout
 
-        self.layout = batch_layout(t0.sets, t0.sizes, t0.serves, t0.page_shift)
+        self.layout = batch_layout(t0.sets, t0.sizes, t0.serves)
         self._resize_locks()
         self.pr[L.P_GROW] = int(not getattr(self.mems[0], "pools", None))
+
+    def set_stage1(self, vm, stage1) -> None:
+        """The guest ``vm`` translates VAs through ``stage1`` (a GuestStage1) over its
+        stage-2 (one guest per machine has one)."""
+        assert self.stage1 is None, "one guest with a stage-1 per machine"
+        self.stage1 = stage1
+        self.vmt[vm.index, L.V_S1] = 1
+        self.s1vmid = np.zeros(vm.vmid + 1, dtype=np.int64)
+        self.s1vmid[vm.vmid] = 1
 
     def set_host(self, hw: np.ndarray, hreg: np.ndarray) -> None:
         """pkvm: the host stage-2's abort work area and regions (simulator.hyp.host)."""
@@ -400,11 +419,9 @@ class Machine:
 
     def _invalidate(self, vmid: int, lo: int, hi: int) -> int:
         self._freeze_cpus()
-        off, sets, ways, _, sizes, _ = self.tlb_geom
         g = self.g
         before = int(g[L.G_TLBI_ENTRIES])  # counted in tlbi.entries (machine_counters)
-        invalidate_all(vmid, lo, hi, self.page_shift, g, self.tlb_key, off, sets, ways, sizes,
-                       self.wc_tag)
+        invalidate_all(vmid, lo, hi, self.page_shift, g, self._tlbs())
         return int(g[L.G_TLBI_ENTRIES]) - before
 
     def unmap_pages(self, vm, ipas: list[int]) -> int:
@@ -415,12 +432,11 @@ class Machine:
         self._freeze_cpus()
         mem = self.mems[int(self.vmt[vm.index, L.V_MEM])]
         s2 = vm.s2
-        off, sets, ways, _, sizes, _ = self.tlb_geom
         acc = np.zeros(5, dtype=np.int64)
         cycles = unmap_pages(np.asarray(ipas, dtype=np.int64), vm.index, self.pr, self.fp,
                              self.vmt, self.g, mem.tables, mem.refcnt, mem.free, mem.meta,
-                             self.stats[vm.index], s2._rep, s2._tlog, s2._stk, self.tlb_key,
-                             off, sets, ways, sizes, self.wc_tag, acc)
+                             self.stats[vm.index], s2._rep, s2._tlog, s2._stk, self._tlbs(),
+                             acc)
         self._count(self.machine_ctr, *(int(x) for x in acc))
         return int(cycles)
 
@@ -469,23 +485,28 @@ class Machine:
     def _advance(self, horizon: int) -> int:
         self._freeze_cpus()
         mems = self.mems if len(self.mems) == 2 else [self.mems[0], self.mems[0]]
-        off, sets, ways, lat, sizes, serves = self.tlb_geom
+        s1 = self.stage1
         return advance(
             horizon,
             L.Model(self.pr, self.fp, self.vmt, self.slots, self.chunks, self.block_levels,
                     self.rbprog),
             L.Sched(self.g, self.st, self.ec, self.tc, self.ht, self.hs, self.hc, self.lk,
                     self.lq, self.cs, self.cq, self.win, self.sig),
-            L.Tlbs(self.tlb_key, self.tlb_stamp, self.tlb_pa, self.tlb_perm, off, sets, ways,
-                   lat, sizes, serves, self.layout, self.wc_tag, self.wc_row, self.wc_stamp,
-                   self.clock),
+            self._tlbs(),
             tuple(L.Mem(m.tables, m.refcnt, m.free, m.meta,
                         getattr(m, "hy", None) or self._empty_store) for m in mems),
             L.Streams(self.addrs2, self.kinds2, self.costs, self.ctr2, self.fault2),
             L.Work(self.stats, self.rep, self.tlog, self.stk, self.dirty, self.owner, self.loc,
                    self.hw, self.hreg,
                    self.rmap.arrays() if self.rmap is not None else empty_page_rmap(),
-                   self.touch))
+                   self.touch, s1.s1t if s1 is not None else self._no_s1t,
+                   s1.s1p if s1 is not None else self._no_s1p, self.s1out))
+
+    def _tlbs(self) -> L.Tlbs:
+        off, sets, ways, lat, sizes, serves = self.tlb_geom
+        return L.Tlbs(self.tlb_key, self.tlb_stamp, self.tlb_pa, self.tlb_perm, off, sets, ways,
+                      lat, sizes, serves, self.layout, self.wc_tag, self.wc_row, self.wc_stamp,
+                      self.clock, self.s1vmid)
 
     def _serve(self, call: int, c: int) -> None:
         """Serve a call-out for context ``c``; the context then resumes at once."""
@@ -498,6 +519,8 @@ class Machine:
         vm = ctx.vm
         if call == L.CALL_REFILL:
             self._refill(ctx)
+        elif call == L.CALL_S1_GROW:
+            self.stage1.reserve()
         elif call == L.CALL_RMAP_GROW:
             self.rmap.grow()
         else:  # donation: the VM's Python side
@@ -542,6 +565,11 @@ class Machine:
                 "workload", f"vCPU {ctx.index} accessed IPA {ipa:#x}, outside guest memory "
                 f"({', '.join(f'[{b:#x}, {b + s:#x})' for b, s in ctx.vm.slots)}); "
                 "set guest.placement: first_touch to place trace addresses in guest memory")
+        if err == L.ERR_GUEST_OOM:
+            raise SimulationError(
+                "guest.memory", f"{ctx.label}: the guest is out of memory mapping VA {ipa:#x} "
+                f"(guest.stage1.mapping: {self.cfg.guest.stage1.mapping}; "
+                f"{self.stage1.tables} stage-1 table pages)")
         if err == L.ERR_STUCK:
             raise SimulationError("engine", f"{ctx.label}: the access to {ipa:#x} keeps "
                                   "faulting after its fault was handled")
@@ -601,6 +629,9 @@ class Machine:
     def machine_counters(self) -> dict[str, int]:
         out = dict(self.machine_ctr.c)
         out["tlbi.entries"] = out.get("tlbi.entries", 0) + int(self.g[L.G_TLBI_ENTRIES])
+        if self.stage1 is not None:
+            out["tlbi.s1_flushes"] = int(self.g[L.G_S1_FLUSHES])
+            out["tlbi.s1_entries"] = int(self.g[L.G_S1_ENTRIES])
         return out
 
 

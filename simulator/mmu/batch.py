@@ -48,6 +48,8 @@ from simulator.mmu.walk import (
     W_CONFLICT,
     W_OK,
     W_PERMISSION,
+    nested_walk,
+    s1_ipa_of,
     walk,
     walk_prefetch,
 )
@@ -74,7 +76,13 @@ C_CYCLES = 10
 C_XLATE = 11  # + leaf level (1..3): completed accesses translated by a leaf of that level
 C_ISOLATION = 15  # completed accesses whose output page the context does not own
 C_XLATE_CYCLES = 16  # the part of C_CYCLES that is TLB lookups, walks and walk-cache hits
-C_TLB = 17  # + 2 * tlb level: hits; + 2 * tlb level + 1: misses
+# a guest with a stage-1 (nested walks): the stage-1 part of C_WALK_REFS, stage-1 walk-cache
+# hits, stage-1 faults (for the guest's handler), stage-2 faults on a stage-1 walk (S1PTW)
+C_S1_REFS = 17
+C_S1_WC_HITS = 18
+C_S1_FAULTS = 19
+C_S1PTW = 20
+C_TLB = 21  # + 2 * tlb level: hits; + 2 * tlb level + 1: misses
 N_COUNTERS = C_TLB + 2 * MAX_TLB_LEVELS
 
 # cost slots (cycles)
@@ -91,7 +99,10 @@ FR_IPA = 2
 FR_KIND = 3
 FR_PTE = 4
 FR_INDEX = 5
-N_FAULT = 8
+FR_STAGE = 6  # 1: a stage-1 fault, for the guest's own handler (FR_IPA holds the VA); 2: KVM's
+FR_S1PTW = 7  # 1: the stage-2 fault was on a stage-1 table walk
+FR_VA = 8  # the access's address (its VA with a stage-1)
+N_FAULT = 9
 
 # A walk also prefetches the last-level descriptor of the access this far ahead (host
 # performance only: the walk of a trace that misses the TLBs is bound by the latency of that
@@ -103,6 +114,22 @@ B_DONE = 0  # budget spent or accesses exhausted
 B_FAULT = 1
 
 
+@jit
+def _record(fault, status, level, ipa, va, kind, pte, i, stage, s1ptw, nested, s1t, s1p):
+    """Fill the fault record of access ``i`` (a call on the fault paths keeps run_batch
+    small). With ``nested`` non-zero ``ipa`` is a VA whose IPA is looked up in the guest's
+    stage-1: the address the hardware reports (HPFAR_EL2) after a combined TLB entry hit."""
+    fault[FR_STATUS] = status
+    fault[FR_LEVEL] = level
+    fault[FR_IPA] = np.int64(ipa) if nested == 0 else np.int64(s1_ipa_of(ipa, s1t, s1p))
+    fault[FR_KIND] = kind
+    fault[FR_PTE] = np.int64(pte)
+    fault[FR_INDEX] = i
+    fault[FR_STAGE] = stage
+    fault[FR_S1PTW] = 1 if s1ptw else 0
+    fault[FR_VA] = np.int64(va)
+
+
 # the per-hierarchy tables run_batch() probes and fills with (tlb.py's layout)
 batch_layout = tlb_layout
 
@@ -110,7 +137,8 @@ batch_layout = tlb_layout
 @jit
 def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shift, root_row,
               start_level, ia_bits, key, stamp, tpa, tperm, off, sets, ways, lat, sizes, serves,
-              lay, wc_tag, wc_row, wc_stamp, clock, costs, ctr, fault, owner, owner_base, me):
+              lay, wc_tag, wc_row, wc_stamp, clock, costs, ctr, fault, owner, owner_base, me,
+              nested, s1t, s1p):
     """Run accesses ``start .. stop`` until ``budget`` cycles are used or one faults.
 
     addrs (uint64), kinds (uint8: READ/WRITE/FETCH): the access stream.
@@ -125,6 +153,9 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
     owner_base; empty: no check) and the id of the context running; a completed access whose
     output page belongs to someone else counts in C_ISOLATION (it must stay 0); a page
     marked shared (0x80 | borrower) is open to the host (me == 0) and to its borrower.
+    nested, s1t, s1p: with ``nested`` non-zero the addresses are VAs of the guest stage-1
+    in s1t/s1p (walk.nested_walk): TLB entries are combined VA -> PA ones, a miss walks both
+    stages, and a stage-1 fault is reported with FR_STAGE 1 for the guest's handler.
     Returns (index of the next access to run, cycles used, B_DONE or B_FAULT).
 
     The TLB probe, the fill and the walk are tlb_probe(), tlb_insert() and walk(), inlined
@@ -197,12 +228,8 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
                     break
                 ctr[C_TLB + 2 * lv + 1] += 1
             if conflict:
-                fault[FR_STATUS] = W_CONFLICT
-                fault[FR_LEVEL] = 0
-                fault[FR_IPA] = np.int64(a)
-                fault[FR_KIND] = kind
-                fault[FR_PTE] = 0
-                fault[FR_INDEX] = i
+                _record(fault, W_CONFLICT, 0, a, a, kind, U(0), i, 2, False, nested, s1t,
+                        s1p)
                 cycles += cyc
                 status = B_FAULT
                 break
@@ -211,6 +238,46 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
                 shift = np.int64((key[e] >> U(40)) & U(63))
                 pa = tpa[e]
                 nfill = hit
+            elif nested != 0:
+                # ---- the nested walk: stage-1 over stage-2 ----
+                n_walks += 1
+                (wst, stage, level, pte, r1, r2, nh, s1hit, shift, pa,
+                 fipa, s1ptw) = nested_walk(a, vmid, tables, base_pa, page_shift, root_row,
+                                            start_level, ia_bits, wc_tag, wc_row, wc_stamp,
+                                            now << 4, s1t, s1p)
+                n_wc += nh
+                cyc += nh * costs[K_WC_HIT]
+                if s1hit >= 0:
+                    ctr[C_S1_WC_HITS] += 1
+                n_refs += r1 + r2
+                ctr[C_S1_REFS] += r1
+                cyc += (r1 + r2) * ref_cost
+                if wst != W_OK:
+                    if stage == 1:
+                        ctr[C_S1_FAULTS] += 1
+                        fipa = a  # the guest's handler takes the VA
+                    elif wst == W_ACCESS_FLAG:
+                        ctr[C_ACCESS_FLAG_FAULTS] += 1
+                    else:
+                        ctr[C_TRANSLATION_FAULTS] += 1
+                    if s1ptw:
+                        ctr[C_S1PTW] += 1
+                    # a stage-1 fault goes to the guest with its VA; a stage-2 fault on a
+                    # stage-1 walk is a read (kvm_is_write_fault(), 6.3+)
+                    _record(fault, wst, level, fipa, a, READ if s1ptw else kind, pte, i,
+                            stage, s1ptw, np.int64(0), s1t, s1p)
+                    cycles += cyc
+                    status = B_FAULT
+                    break
+                perm = level << PERM_LEVEL_SHIFT
+                if (pte & U(1 << 6)) != U(0):
+                    perm |= PERM_R
+                if (pte & U(1 << 7)) != U(0):
+                    perm |= PERM_W
+                if (pte & U(1 << 54)) == U(0):
+                    perm |= PERM_X
+                nfill = nlev if (level == 3 or (pte & U(1 << 16)) == U(0)) else 0
+                e = -1
             else:
                 # ---- the stage-2 walk ----
                 n_walks += 1
@@ -219,7 +286,7 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
                                   root_row, start_level, ia_bits)
                 wst, level, pte, refs, wc_hit, shift = walk(
                     a, vmid, tables, base_pa, page_shift, root_row, start_level, ia_bits,
-                    wc_tag, wc_row, wc_stamp, now)
+                    wc_tag, wc_row, wc_stamp, now << 4)
                 if wc_hit >= 0:
                     n_wc += 1
                     cyc += costs[K_WC_HIT]
@@ -230,12 +297,8 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
                         ctr[C_ACCESS_FLAG_FAULTS] += 1
                     else:
                         ctr[C_TRANSLATION_FAULTS] += 1
-                    fault[FR_STATUS] = wst
-                    fault[FR_LEVEL] = level
-                    fault[FR_IPA] = np.int64(a)
-                    fault[FR_KIND] = kind
-                    fault[FR_PTE] = np.int64(pte)
-                    fault[FR_INDEX] = i
+                    _record(fault, wst, level, a, a, kind, pte, i, 2, False, np.int64(0), s1t,
+                            s1p)
                     cycles += cyc
                     status = B_FAULT
                     break
@@ -286,12 +349,8 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
             need = PERM_X
         if (perm & need) != need:
             ctr[C_PERMISSION_FAULTS] += 1
-            fault[FR_STATUS] = W_PERMISSION
-            fault[FR_LEVEL] = perm >> PERM_LEVEL_SHIFT
-            fault[FR_IPA] = np.int64(a)
-            fault[FR_KIND] = kind
-            fault[FR_PTE] = 0
-            fault[FR_INDEX] = i
+            _record(fault, W_PERMISSION, perm >> PERM_LEVEL_SHIFT, a, a, kind, U(0), i, 2,
+                    False, nested, s1t, s1p)
             cycles += cyc
             status = B_FAULT
             break
@@ -344,9 +403,12 @@ class VcpuMMU:
         self.owner_base = 0
         self.owner_id = 0
         self.ctr = np.zeros(N_COUNTERS, dtype=np.int64)
+        # the guest stage-1 (simulator.guest.stage1) when addresses are VAs; empty: IPAs
+        self.s1t = np.zeros((0, 1), dtype=np.uint64)
+        self.s1p = np.zeros(0, dtype=np.int64)
         self.fault = np.zeros(N_FAULT, dtype=np.int64)
         self.costs = np.zeros(N_COSTS, dtype=np.int64)
-        self.layout = batch_layout(tlb.sets, tlb.sizes, tlb.serves, tlb.page_shift)
+        self.layout = batch_layout(tlb.sets, tlb.sizes, tlb.serves)
         if costs is not None:
             for k, v in costs.items():
                 self.costs[{"access": K_ACCESS, "mem_ref": K_MEM_REF, "wc_hit": K_WC_HIT,
@@ -361,7 +423,8 @@ class VcpuMMU:
                          g.page_shift, stage2.root, g.start_level, g.ipa_bits, t.key, t.stamp,
                          t.pa, t.perm, t.off, t.sets, t.ways, t.latency, t.sizes, t.serves,
                          self.layout, self.wc.tag, self.wc.row, self.wc.stamp, self.clock, self.costs,
-                         self.ctr, self.fault, self.owner, self.owner_base, self.owner_id)
+                         self.ctr, self.fault, self.owner, self.owner_base, self.owner_id,
+                         int(self.s1p.shape[0] > 0), self.s1t, self.s1p)
 
     def counters(self) -> dict[str, int]:
         """The counters as a flat dotted dict (TLB levels by name)."""
@@ -382,6 +445,12 @@ class VcpuMMU:
         }
         if self.owner.shape[0]:
             out["isolation.violations"] = int(c[C_ISOLATION])
+        if self.s1p.shape[0]:
+            out["walk.s1_refs"] = int(c[C_S1_REFS])
+            out["walk.s2_refs"] = int(c[C_WALK_REFS] - c[C_S1_REFS])
+            out["walk_cache.s1_hits"] = int(c[C_S1_WC_HITS])
+            out["s1.translation_faults"] = int(c[C_S1_FAULTS])
+            out["faults.s1ptw"] = int(c[C_S1PTW])
         for lvl in (1, 2, 3):
             out[f"xlate.l{lvl}"] = int(c[C_XLATE + lvl])
         for i, name in enumerate(self.tlb.names):

@@ -9,8 +9,8 @@ holds one translation of one page size:
 * ``pa``: the output address of the region the entry maps;
 * ``perm``: ``PERM_R | PERM_W | PERM_X`` and the leaf level in bits 4..5.
 
-Set index = (ipa >> size_shift) mod sets. A lookup probes every page size the level holds
-(``sizes[l]`` is a bitmask over leaf levels: bit 3 = page, bit 2 = level-2 block, ...).
+Set index = (ipa >> size_shift) mod sets. A lookup probes every entry size the level holds
+(``sizes[l]`` is a bitmask over size shifts: bit 12 = 4K, bit 16 = 64K, bit 21 = 2M, ...).
 A level that does not hold an entry's size stores it *splintered* into the largest size it
 holds that is not larger (the pa adjusted), as real TLBs do; a level holding no size that
 small does not store it. Inclusion is not enforced (no back-invalidation). A level serves
@@ -46,8 +46,9 @@ def set_index(vpn, nsets):
 # per hierarchy by tlb_layout() (an int64 array; it never changes).
 MAX_TLB_LEVELS = 8
 MAX_SHIFT = 64
-L_PROBE = 0  # [lv * 3 + j]: the shifts level lv probes, smallest first
-L_NPROBE = L_PROBE + 3 * MAX_TLB_LEVELS  # [lv]: how many
+MAX_PROBE = 8  # entry sizes one level may hold
+L_PROBE = 0  # [lv * MAX_PROBE + j]: the shifts level lv probes, smallest first
+L_NPROBE = L_PROBE + MAX_PROBE * MAX_TLB_LEVELS  # [lv]: how many
 L_SETMASK = L_NPROBE + MAX_TLB_LEVELS  # [lv]: sets - 1, or -1 when sets is not a power of 2
 L_FILL_AT = L_SETMASK + MAX_TLB_LEVELS  # [lv * MAX_SHIFT + shift]: the shift an entry of
 #                                         2**shift bytes is stored at in level lv (-1: not)
@@ -58,35 +59,34 @@ N_LAYOUT = L_FIRST_SHIFT + 2
 
 
 @jit(_nrt=True)  # returns a new array: setup only, never called from a kernel
-def tlb_layout(sets, sizes, serves, page_shift):
+def tlb_layout(sets, sizes, serves):
     """The layout of a hierarchy (``L_*`` slots): per level the shifts a lookup probes and
-    its set mask, per level and leaf size the size an entry is stored at (splintering), per
-    access class the first level serving it."""
+    its set mask, per level and entry size the size an entry is stored at (splintering), per
+    access class the first level serving it. ``sizes[lv]``: bit ``s`` set when the level
+    holds entries of 2**s bytes."""
     nlev = sets.shape[0]
     lay = np.full(N_LAYOUT, -1, np.int64)
     for lv in range(nlev):
         n = 0
         if (sets[lv] & (sets[lv] - 1)) == 0:
             lay[L_SETMASK + lv] = sets[lv] - 1
-        for leaf in range(3, 0, -1):
-            if (sizes[lv] >> leaf) & 1:
-                lay[L_PROBE + lv * 3 + n] = (page_shift - 3) * (4 - leaf) + 3
+        for s in range(MAX_SHIFT - 1):
+            if (sizes[lv] >> s) & 1:
+                lay[L_PROBE + lv * MAX_PROBE + n] = s
                 n += 1
         lay[L_NPROBE + lv] = n
-        for leaf in range(1, 4):
-            ls = (page_shift - 3) * (4 - leaf) + 3
-            for held in range(1, 4):
-                hs = (page_shift - 3) * (4 - held) + 3
-                if (sizes[lv] >> held) & 1 and hs <= ls:
-                    lay[L_FILL_AT + lv * MAX_SHIFT + ls] = hs
-                    break
+        held = -1
+        for s in range(MAX_SHIFT):
+            if s < MAX_SHIFT - 1 and (sizes[lv] >> s) & 1:
+                held = s
+            lay[L_FILL_AT + lv * MAX_SHIFT + s] = held
     for c in range(2):
         for lv in range(nlev):
             if (serves[lv] >> c) & 1:
                 lay[L_FIRST_LV + c] = lv
                 break
         if lay[L_FIRST_LV + c] >= 0:
-            lay[L_FIRST_SHIFT + c] = lay[L_PROBE + lay[L_FIRST_LV + c] * 3]
+            lay[L_FIRST_SHIFT + c] = lay[L_PROBE + lay[L_FIRST_LV + c] * MAX_PROBE]
     return lay
 
 
@@ -115,7 +115,7 @@ def tlb_probe(lv, ipa, vtag, key, stamp, off, sets, ways, lay, now, conflict_che
     nways = ways[lv]
     nprobe = lay[L_NPROBE + lv]
     for j in range(nprobe):
-        shift = lay[L_PROBE + lv * 3 + j]
+        shift = lay[L_PROBE + lv * MAX_PROBE + j]
         vpn = ipa >> U(shift)
         k = vtag | (U(shift) << U(40)) | vpn
         base = tlb_set(vpn, lv, off, sets, ways, lay)
@@ -126,7 +126,7 @@ def tlb_probe(lv, ipa, vtag, key, stamp, off, sets, ways, lay, now, conflict_che
                 conflict = False
                 if conflict_check != 0:
                     for j2 in range(j + 1, nprobe):
-                        shift2 = lay[L_PROBE + lv * 3 + j2]
+                        shift2 = lay[L_PROBE + lv * MAX_PROBE + j2]
                         vpn2 = ipa >> U(shift2)
                         k2 = vtag | (U(shift2) << U(40)) | vpn2
                         b2 = tlb_set(vpn2, lv, off, sets, ways, lay)
@@ -172,31 +172,31 @@ def tlb_insert(lv, ipa, vtag, shift, pa, perm, key, stamp, tpa, tperm, off, sets
 
 
 @jit(_nrt=True)  # the tests' wrapper: builds the layout
-def tlb_lookup(level, ipa, vmid, key, stamp, off, sets, ways, sizes, page_shift, now):
+def tlb_lookup(level, ipa, vmid, key, stamp, off, sets, ways, sizes, now):
     """Probe TLB level ``level`` for ``ipa``: :func:`tlb_probe` on the hierarchy's layout.
     Returns the entry index or -1.
 
     key, stamp: entry arrays; off, sets, ways, sizes: per-level geometry (see module doc);
-    page_shift: the granule; now: LRU clock value stamped on a hit.
+    now: LRU clock value stamped on a hit.
     """
-    lay = tlb_layout(sets, sizes, np.full(sets.shape[0], 3, np.int64), page_shift)
+    lay = tlb_layout(sets, sizes, np.full(sets.shape[0], 3, np.int64))
     e, _ = tlb_probe(level, U(ipa), U(vmid) << U(46), key, stamp, off, sets, ways, lay, now, 0)
     return e
 
 
 @jit(_nrt=True)  # the tests' wrapper: builds the layout
 def tlb_fill(level, ipa, vmid, shift, pa, perm, key, stamp, tpa, tperm, off, sets, ways, sizes,
-             page_shift, now):
+             now):
     """Insert the translation of ``ipa`` (a leaf of ``2**shift`` bytes at output ``pa``) into
     TLB level ``level``: :func:`tlb_insert` on the hierarchy's layout. Returns the entry or
     -1."""
-    lay = tlb_layout(sets, sizes, np.full(sets.shape[0], 3, np.int64), page_shift)
+    lay = tlb_layout(sets, sizes, np.full(sets.shape[0], 3, np.int64))
     return tlb_insert(level, U(ipa), U(vmid) << U(46), shift, U(pa), perm, key, stamp, tpa,
                       tperm, off, sets, ways, lay, now)
 
 
 @jit
-def tlb_invalidate(vmid, lo, hi, key, off, sets, ways, sizes, page_shift):
+def tlb_invalidate(vmid, lo, hi, key, off, sets, ways, sizes):
     """Remove every entry of ``vmid`` (any VMID when vmid < 0) whose region overlaps
     [lo, hi); hi == 0 means the whole address space. Returns the entries removed."""
     removed = 0
@@ -205,10 +205,9 @@ def tlb_invalidate(vmid, lo, hi, key, off, sets, ways, sizes, page_shift):
     for level in range(nlev):
         nways = ways[level]
         nsets = sets[level]
-        for leaf in range(1, 4):
-            if (sizes[level] >> leaf) & 1 == 0:
+        for shift in range(MAX_SHIFT - 1):
+            if (sizes[level] >> shift) & 1 == 0:
                 continue
-            shift = (page_shift - 3) * (4 - leaf) + 3
             if not whole:
                 first = U(lo) >> U(shift)
                 last = (U(hi) - U(1)) >> U(shift)
@@ -252,14 +251,23 @@ def tlb_invalidate(vmid, lo, hi, key, off, sets, ways, sizes, page_shift):
 
 @dataclass
 class TLBLevelSpec:
-    """One TLB level: geometry, hit latency (cycles) and the leaf levels it holds."""
+    """One TLB level: geometry, hit latency (cycles) and the entry sizes it holds: the
+    leaf levels of the hierarchy's granule (``leaf_levels``, e.g. (3,) for 4K only,
+    (1, 2, 3) for 1G/2M/4K) and any other sizes as shifts (``shifts``: the contiguous
+    ranges and the other granule's leaves of combined stage-1 + stage-2 entries)."""
 
     name: str
     sets: int
     ways: int
     latency: int
-    leaf_levels: tuple[int, ...]  # e.g. (3,) for 4K only, (1, 2, 3) for 1G/2M/4K
+    leaf_levels: tuple[int, ...]
     serves: str = "all"  # "all", "data" (reads and writes) or "instruction" (fetches)
+    shifts: tuple[int, ...] = ()
+
+    def held_shifts(self, page_shift: int) -> list[int]:
+        """The entry sizes held, as shifts, smallest first."""
+        return sorted({(page_shift - 3) * (4 - lf) + 3 for lf in self.leaf_levels}
+                      | set(self.shifts))
 
 
 SERVES = {"data": 1, "instruction": 2, "all": 3}
@@ -278,9 +286,13 @@ class TLBHierarchy:
         self.sets = np.array([lv.sets for lv in levels], dtype=np.int64)
         self.ways = np.array([lv.ways for lv in levels], dtype=np.int64)
         self.latency = np.array([lv.latency for lv in levels], dtype=np.int64)
-        self.sizes = np.array(
-            [sum(1 << lf for lf in lv.leaf_levels) for lv in levels], dtype=np.int64
-        )
+        for lv in levels:
+            held = lv.held_shifts(page_shift)
+            if len(held) > MAX_PROBE or any(not 12 <= s < MAX_SHIFT - 1 for s in held):
+                raise ValueError(f"TLB level {lv.name}: at most {MAX_PROBE} entry sizes of "
+                                 "4K and up")
+        self.sizes = np.array([sum(1 << s for s in lv.held_shifts(page_shift)) for lv in levels],
+                              dtype=np.int64)
         self.serves = np.array([SERVES[lv.serves] for lv in levels], dtype=np.int64)
         for cls, what in ((1, "data accesses"), (2, "instruction fetches")):
             if not any(int(x) & cls for x in self.serves):
@@ -300,7 +312,7 @@ class TLBHierarchy:
 
     def invalidate(self, vmid: int, lo: int = 0, hi: int = 0) -> int:
         return int(tlb_invalidate(vmid, U(lo), U(hi), self.key, self.off, self.sets, self.ways,
-                                  self.sizes, self.page_shift))
+                                  self.sizes))
 
     def flush(self) -> None:
         self.key[:] = INVALID

@@ -8,7 +8,17 @@ break-before-make is invalid, so it faults too). A leaf without AF is an access-
 
 Walk cache: for each level that holds table descriptors, a small fully associative LRU
 cache of (VMID, IPA >> granule_shift(level)) -> next table row. The walk starts below the
-deepest level that hits, skipping the memory references of the levels above it.
+deepest level that hits, skipping the memory references of the levels above it. Rows 0..3
+cache stage-2 levels, rows 4..7 the stage-1 levels of a nested walk
+(:func:`nested_walk`).
+
+The nested walk (a guest with a stage-1): a VA is translated by the guest's stage-1 tables,
+whose descriptors hold IPAs: before each stage-1 table is read its IPA goes through a
+stage-2 walk (a fault there is a stage-2 fault on a stage-1 walk, S1PTW), and the leaf's
+output IPA goes through one more. With n1 stage-1 and n2 stage-2 levels and no walk cache
+that is (n1 + 1) * n2 + n1 memory references (24 for 4 + 4). A stage-1 walk-cache hit gives
+the next stage-1 table's row with its stage-2 translation (the cached address is physical),
+so neither the levels above nor their stage-2 walks are repeated.
 """
 
 from __future__ import annotations
@@ -30,6 +40,21 @@ W_ACCESS_FLAG = 2
 W_PERMISSION = 3  # reported by the batch kernel after a permission check
 W_CONFLICT = 4  # TLB conflict abort: a lookup matched entries of two sizes (batch kernel)
 
+# rows of the walk cache: 0..3 stage-2 levels, S1_WC_ROW + level for stage-1 levels
+S1_WC_ROW = 4
+N_WC_ROWS = 8
+
+# a stage-1 regime's parameters (int64 slots of ``s1p``; the guest OS keeps its own state
+# after them, simulator.guest.stage1)
+S1_PS = 0  # the stage-1 granule's page shift
+S1_START = 1  # start level
+S1_VA_BITS = 2  # VA size
+S1_ROOT = 3  # the IPA of the top-level table (TTBR0_EL1)
+S1_TOP = 4  # table row r is the guest page at IPA S1_TOP - (r << S1_PS)
+S1_CONT3 = 5  # log2 of the pages in a contiguous run (CONT_PTES)
+S1_CONT2 = 6  # log2 of the level-2 blocks in a contiguous run (CONT_PMDS)
+N_S1_WALK = 7
+
 # walk output slots
 WO_STATUS = 0
 WO_LEVEL = 1
@@ -40,44 +65,73 @@ WO_SIZE = 5
 
 
 @jit(inline="always")
-def wc_lookup(level, vmid, ipa, page_shift, wc_tag, wc_row, wc_stamp, now):
-    """Walk-cache probe at ``level``: the next-level table row for ``ipa``, or -1."""
+def wc_lookup_at(row, shift, vmid, addr, wc_tag, wc_row, wc_stamp, now):
+    """Probe walk-cache row ``row`` for the region of ``addr`` of 2**shift bytes: the next
+    table row, or -1."""
     n = wc_tag.shape[1]
     if n == 0:
         return -1
-    shift = (page_shift - 3) * (4 - level) + 3
-    tag = ((U(vmid) << U(48)) | (U(ipa) >> U(shift))) + U(1)
+    tag = ((U(vmid) << U(48)) | (U(addr) >> U(shift))) + U(1)
     for i in range(n):
-        if wc_tag[level, i] == tag:
-            wc_stamp[level, i] = now
-            return wc_row[level, i]
+        if wc_tag[row, i] == tag:
+            wc_stamp[row, i] = now
+            return wc_row[row, i]
     return -1
 
 
 @jit(inline="always")
-def wc_fill(level, vmid, ipa, page_shift, row, wc_tag, wc_row, wc_stamp, now):
-    """Insert (level, ipa) -> row; the victim is the first empty slot, else the LRU one."""
+def wc_fill_at(row, shift, vmid, addr, nxt, wc_tag, wc_row, wc_stamp, now):
+    """Insert (row, region of addr) -> nxt; the victim is the first empty slot, else the
+    LRU one."""
     n = wc_tag.shape[1]
     if n == 0:
         return
-    shift = (page_shift - 3) * (4 - level) + 3
-    tag = ((U(vmid) << U(48)) | (U(ipa) >> U(shift))) + U(1)
+    tag = ((U(vmid) << U(48)) | (U(addr) >> U(shift))) + U(1)
     victim = 0
     for i in range(n):
-        if wc_tag[level, i] == U(0):
+        if wc_tag[row, i] == U(0):
             victim = i
             break
-        if wc_stamp[level, i] < wc_stamp[level, victim]:
+        if wc_stamp[row, i] < wc_stamp[row, victim]:
             victim = i
-    wc_tag[level, victim] = tag
-    wc_row[level, victim] = row
-    wc_stamp[level, victim] = now
+    wc_tag[row, victim] = tag
+    wc_row[row, victim] = nxt
+    wc_stamp[row, victim] = now
+
+
+@jit(inline="always")
+def wc_lookup(level, vmid, ipa, page_shift, wc_tag, wc_row, wc_stamp, now):
+    """Stage-2 walk-cache probe at ``level`` (row ``level``): the next-level table row for
+    ``ipa``, or -1."""
+    return wc_lookup_at(level, (page_shift - 3) * (4 - level) + 3, vmid, ipa, wc_tag, wc_row,
+                        wc_stamp, now)
+
+
+@jit(inline="always")
+def wc_fill(level, vmid, ipa, page_shift, row, wc_tag, wc_row, wc_stamp, now):
+    """Insert (level, ipa) -> row into the stage-2 walk cache."""
+    wc_fill_at(level, (page_shift - 3) * (4 - level) + 3, vmid, ipa, row, wc_tag, wc_row,
+               wc_stamp, now)
+
+
+@jit
+def wc_flush_s1(vmid, wc_tag):
+    """Remove the stage-1 walk-cache entries (rows 4..7) of ``vmid``: TLBI VMALLE1 drops
+    them with the VMID's combined TLB entries. Returns the number removed."""
+    removed = 0
+    for row in range(S1_WC_ROW, S1_WC_ROW + 4):
+        for i in range(wc_tag.shape[1]):
+            t = wc_tag[row, i]
+            if t != U(0) and ((t - U(1)) >> U(48)) == U(vmid):
+                wc_tag[row, i] = U(0)
+                removed += 1
+    return removed
 
 
 @jit
 def wc_invalidate(vmid, lo, hi, page_shift, wc_tag):
-    """Remove walk-cache entries of ``vmid`` (all VMIDs if < 0) covering any address of
-    [lo, hi) (hi == 0: everything). Returns the number removed."""
+    """Remove stage-2 walk-cache entries of ``vmid`` (all VMIDs if < 0) covering any
+    address of [lo, hi) (hi == 0: everything). Returns the number removed."""
     removed = 0
     for level in range(4):
         shift = (page_shift - 3) * (4 - level) + 3
@@ -153,6 +207,154 @@ def walk(ipa, vmid, tables, base_pa, page_shift, root_row, start_level, ia_bits,
     return status, level, pte, refs, hit, leaf_shift
 
 
+@jit(inline="always")
+def s1_read(d, page_shift):
+    """The output address (an IPA) of stage-1 descriptor ``d`` (64K: IPA[51:48] in bits
+    15:12)."""
+    a = d & U(0x0000FFFFFFFFFFFF) & ~((U(1) << U(page_shift)) - U(1))
+    if page_shift == 16:
+        a |= (d & U(0xF000)) << U(36)
+    return a
+
+
+@jit
+def nested_walk(va, vmid, tables, base_pa, page_shift, root_row, start_level, ia_bits,
+                wc_tag, wc_row, wc_stamp, now, s1t, s1p):
+    """Translate ``va`` through the guest's stage-1 (``s1t``: its table pages as rows,
+    ``s1p``: S1_*) and the stage-2 (arguments as :func:`walk`), each stage-1 table's IPA
+    and the output IPA through a stage-2 walk.
+
+    Returns (status W_*, stage (1: the guest's stage-1, 2: KVM's stage-2), level, descriptor,
+    stage-1 references, stage-2 references, walk-cache hits, the stage-1 walk-cache level
+    that hit or -1, the combined entry's size shift, its output address, the IPA (the
+    faulting one for a stage-2 fault), whether a stage-2 fault was on a stage-1 walk).
+    The combined entry is as large as the smaller of the two leaves, the stage-1 leaf
+    counting as its whole contiguous run when it has the contiguous bit.
+
+    ``now`` stamps walk-cache entries; each stage-2 walk of the access advances it by one
+    (the caller spaces accesses' stamps by 16: at most 5 stage-2 walks per access).
+
+    Called, not inlined, by run_batch (only after a TLB miss): one copy of the nested walk,
+    with one copy of the stage-2 walk inlined, keeps the engine's compile time down."""
+    va = U(va)
+    ps1 = s1p[S1_PS]
+    mask1 = U((1 << (ps1 - 3)) - 1)
+    sl1 = s1p[S1_START]
+    refs1 = 0
+    refs2 = 0
+    hits = 0
+    s1hit = -1
+    d = U(0)
+    if (va >> U(s1p[S1_VA_BITS])) != U(0):
+        return W_TRANSLATION, 1, sl1, d, refs1, refs2, hits, s1hit, 0, U(0), U(0), False
+    level = sl1
+    target = U(s1p[S1_ROOT])  # the IPA stage-2 translates next
+    row = np.int64((U(s1p[S1_TOP]) - target) >> U(ps1))
+    translate = True
+    if wc_tag.shape[1] > 0:
+        for lv in range(2, sl1 - 1, -1):
+            r = wc_lookup_at(S1_WC_ROW + lv, (ps1 - 3) * (4 - lv) + 3, vmid, va, wc_tag,
+                             wc_row, wc_stamp, now)
+            if r >= 0:
+                row = r
+                level = lv + 1
+                s1hit = lv
+                hits += 1
+                translate = False
+                break
+    shift = 0
+    eff1 = 0
+    leaf = False
+    while True:
+        if translate:
+            # a stage-1 table's IPA (S1PTW) or, after the leaf, the output IPA
+            st2, l2, p2, r2, h2, sh2 = walk(target, vmid, tables, base_pa, page_shift,
+                                            root_row, start_level, ia_bits, wc_tag, wc_row,
+                                            wc_stamp, now)
+            now += 1  # the walk cache's LRU order follows the stage-2 walks of one access
+            refs2 += r2
+            if h2 >= 0:
+                hits += 1
+            if st2 != W_OK:
+                return (st2, 2, l2, p2, refs1, refs2, hits, s1hit, 0, U(0), target,
+                        not leaf)
+            if leaf:
+                pa = p2 & U(0x0000FFFFFFFFFFFF) & ~((U(1) << U(sh2)) - U(1))
+                if page_shift == 16:
+                    pa |= (p2 & U(0xF000)) << U(36)
+                comb = eff1 if eff1 < sh2 else sh2
+                pa = (pa | (target & ((U(1) << U(sh2)) - U(1)))) & ~((U(1) << U(comb)) - U(1))
+                return W_OK, 2, l2, p2, refs1, refs2, hits, s1hit, comb, pa, target, False
+        translate = True
+        shift = (ps1 - 3) * (4 - level) + 3
+        d = s1t[U(row), (va >> U(shift)) & mask1]
+        refs1 += 1
+        if (d & U(1)) == U(0):
+            return W_TRANSLATION, 1, level, d, refs1, refs2, hits, s1hit, 0, U(0), U(0), False
+        if level < 3 and (d & U(2)) != U(0):
+            target = s1_read(d, ps1)
+            row = np.int64((U(s1p[S1_TOP]) - target) >> U(ps1))
+            wc_fill_at(S1_WC_ROW + level, shift, vmid, va, row, wc_tag, wc_row, wc_stamp, now)
+            level += 1
+            continue
+        if (level == 3 and (d & U(2)) == U(0)) or level < (1 if ps1 == 12 else 2):
+            # a reserved encoding, or a block where none may be
+            return W_TRANSLATION, 1, level, d, refs1, refs2, hits, s1hit, 0, U(0), U(0), False
+        if (d & U(1 << 10)) == U(0):
+            return W_ACCESS_FLAG, 1, level, d, refs1, refs2, hits, s1hit, 0, U(0), U(0), False
+        size1 = U(1) << U(shift)
+        target = (s1_read(d, ps1) & ~(size1 - U(1))) | (va & (size1 - U(1)))
+        eff1 = shift
+        if (d & U(1 << 52)) != U(0):
+            eff1 += s1p[S1_CONT3] if level == 3 else s1p[S1_CONT2]
+        leaf = True
+
+
+@jit
+def s1_ipa_of(va, s1t, s1p):
+    """The IPA stage-1 maps ``va`` to (0 when it maps none), read straight from the guest's
+    tables: the address a stage-2 fault reports (HPFAR_EL2) when the access hit a combined
+    TLB entry. Not a walk: nothing counted, no walk cache."""
+    va = U(va)
+    ps1 = s1p[S1_PS]
+    mask1 = U((1 << (ps1 - 3)) - 1)
+    level = s1p[S1_START]
+    row = np.int64((U(s1p[S1_TOP]) - U(s1p[S1_ROOT])) >> U(ps1))
+    while True:
+        shift = (ps1 - 3) * (4 - level) + 3
+        d = s1t[U(row), (va >> U(shift)) & mask1]
+        if (d & U(1)) == U(0):
+            return U(0)
+        if level < 3 and (d & U(2)) != U(0):
+            row = np.int64((U(s1p[S1_TOP]) - s1_read(d, ps1)) >> U(ps1))
+            level += 1
+            continue
+        size = U(1) << U(shift)
+        return (s1_read(d, ps1) & ~(size - U(1))) | (va & (size - U(1)))
+
+
+@jit
+def hw_nested_walk(va, vmid, tables, base_pa, page_shift, root_row, start_level, ia_bits,
+                   wc_tag, wc_row, wc_stamp, now, s1t, s1p, out):
+    """:func:`nested_walk` for the tests: ``out`` (int64[12]) receives its results in
+    order."""
+    r = nested_walk(va, vmid, tables, base_pa, page_shift, root_row, start_level, ia_bits,
+                    wc_tag, wc_row, wc_stamp, now, s1t, s1p)
+    out[0] = r[0]
+    out[1] = r[1]
+    out[2] = r[2]
+    out[3] = np.int64(r[3])
+    out[4] = r[4]
+    out[5] = r[5]
+    out[6] = r[6]
+    out[7] = r[7]
+    out[8] = r[8]
+    out[9] = np.int64(r[9])
+    out[10] = np.int64(r[10])
+    out[11] = np.int64(r[11])
+    return r[0]
+
+
 @jit
 def hw_walk(ipa, vmid, tables, base_pa, page_shift, root_row, start_level, ia_bits, wc_tag,
             wc_row, wc_stamp, now, out):
@@ -160,7 +362,7 @@ def hw_walk(ipa, vmid, tables, base_pa, page_shift, root_row, start_level, ia_bi
 
     tables, base_pa, page_shift: page-table memory (row r is at base_pa + r << page_shift).
     root_row, start_level, ia_bits: the stage-2's pgd, start level and IPA size.
-    wc_tag, wc_row, wc_stamp: walk cache ([4, n] arrays, n may be 0); now: LRU clock.
+    wc_tag, wc_row, wc_stamp: walk cache ([8, n] arrays, n may be 0); now: LRU clock.
     out: int64[6] receives status (W_*), level, descriptor, memory references, the
     walk-cache level that hit (-1 none) and, for a leaf, its size shift.
     """
@@ -231,13 +433,14 @@ def walk_prefetch(ipa, tables, base_pa, page_shift, root_row, start_level, ia_bi
 
 
 class WalkCache:
-    """Per-level partial-translation caches of one vCPU (``entries`` slots per level)."""
+    """Per-level partial-translation caches of one vCPU (``entries`` slots per level; rows
+    0..3 stage-2 levels, 4..7 stage-1 levels)."""
 
     def __init__(self, entries_per_level: int):
         n = int(entries_per_level)
-        self.tag = np.zeros((4, n), dtype=np.uint64)
-        self.row = np.zeros((4, n), dtype=np.int64)
-        self.stamp = np.zeros((4, n), dtype=np.int64)
+        self.tag = np.zeros((N_WC_ROWS, n), dtype=np.uint64)
+        self.row = np.zeros((N_WC_ROWS, n), dtype=np.int64)
+        self.stamp = np.zeros((N_WC_ROWS, n), dtype=np.int64)
 
     @property
     def entries_per_level(self) -> int:

@@ -1,0 +1,175 @@
+"""A guest kernel building its stage-1 on demand: the page-fault handler and its allocator.
+
+A stage-1 translation fault goes to the guest's own fault handler (no exit to the
+hypervisor), which maps the faulting address as ``guest.stage1.mapping`` says: one page, a
+level-2 block (THP) or a level-1 block (4K granule only), and with ``guest.stage1.contiguous``
+the whole contiguous run around it (CONT_PTES pages or CONT_PMDS blocks, each entry with the
+contiguous bit: arm64's contpte folding of a large folio, Linux 6.9+, or a CONT_PMD hugetlb
+page). Missing tables on the way down are allocated first.
+
+Guest memory, the documented policy: the guest's page allocator hands out data memory in
+first-fault order from the bottom of guest memory up, each allocation aligned to its size
+(a fresh guest's buddy allocator splitting its lowest free block); page-table pages come
+from the top of the highest memslot down, one page each, the top-level table first. The two
+never cross: when they would, the guest is out of memory (the run stops with an error).
+
+The handler is compiled and called by the engine (:func:`s1_fault`); the guest's zeroing of
+the pages it allocates is charged as time (``costs.zero_bytes_per_cycle``), not issued as
+accesses: the stage-2 faults those stores would take are taken instead by the walk (S1PTW,
+for table pages) and by the access itself (for data pages), one per stage-2 mapping either
+way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from simulator._jit import jit
+from simulator.arch.stage1 import USER_RWX, S1Geometry, s1_make_leaf, s1_make_table
+from simulator.mmu.walk import (
+    N_S1_WALK,
+    S1_CONT2,
+    S1_CONT3,
+    S1_PS,
+    S1_ROOT,
+    S1_START,
+    S1_TOP,
+    S1_VA_BITS,
+    s1_read,
+)
+
+U = np.uint64
+
+# the guest OS's state after the walker's slots (simulator.mmu.walk.S1_*)
+G1_DATA = N_S1_WALK  # the next free data IPA (bump allocator, upward)
+G1_ROWS = N_S1_WALK + 1  # table pages allocated (rows of s1t in use)
+G1_LEVEL = N_S1_WALK + 2  # the level a fault maps at
+G1_CONT = N_S1_WALK + 3  # 1: map the contiguous run, with the contiguous bit
+G1_FLOOR = N_S1_WALK + 4  # the lowest IPA a table page may take (its memslot's base)
+N_S1P = N_S1_WALK + 5
+
+# s1_fault() results
+S1F_SPURIOUS = 0  # already mapped (another vCPU got there first): nothing written
+S1F_OOM = -1  # guest memory exhausted
+
+
+@jit
+def s1_fault(va, s1t, s1p, slots, slot_off, nslot, out):
+    """The guest's page fault at ``va``: allocate and map as the module says.
+
+    s1t: the stage-1 table pages (rows; at least 4 free); s1p: S1_* and G1_*; slots: the
+    memslots (base, size, ...) of the guest, ``nslot`` of them from ``slot_off``.
+    out (int64[3]) receives the table pages allocated, the descriptors written and the data
+    bytes allocated. Returns 1 when a mapping was made, S1F_SPURIOUS or S1F_OOM."""
+    out[0] = 0
+    out[1] = 0
+    out[2] = 0
+    ps = s1p[S1_PS]
+    entries = np.int64(1) << (ps - 3)
+    mask = entries - 1
+    top = s1p[S1_TOP]
+    map_level = s1p[G1_LEVEL]
+    level = s1p[S1_START]
+    row = (top - s1p[S1_ROOT]) >> ps
+    while level < map_level:
+        shift = (ps - 3) * (4 - level) + 3
+        idx = (np.int64(va) >> shift) & mask
+        d = s1t[row, idx]
+        if (d & U(1)) == U(0):
+            # a new table page from the top down, above the data
+            t = top - (s1p[G1_ROWS] << ps)
+            if t < s1p[G1_FLOOR] or t < s1p[G1_DATA]:
+                return S1F_OOM
+            nrow = s1p[G1_ROWS]
+            s1p[G1_ROWS] += 1
+            s1t[nrow, :] = U(0)
+            s1t[row, idx] = s1_make_table(U(t), ps)
+            out[0] += 1
+            out[1] += 1
+            row = nrow
+        elif (d & U(2)) == U(0):
+            return S1F_SPURIOUS  # a block above: mapped already
+        else:
+            row = np.int64((U(top) - s1_read(d, ps)) >> U(ps))
+        level += 1
+    shift = (ps - 3) * (4 - map_level) + 3
+    n = np.int64(1)
+    if s1p[G1_CONT] != 0:
+        n = np.int64(1) << (s1p[S1_CONT3] if map_level == 3 else s1p[S1_CONT2])
+    size = n << shift
+    first = (np.int64(va) & ~(size - 1))
+    idx0 = (first >> shift) & mask
+    for k in range(n):
+        if (s1t[row, idx0 + k] & U(1)) != U(0):
+            return S1F_SPURIOUS
+    ipa = _alloc_data(size, s1p, slots, slot_off, nslot)
+    if ipa < 0:
+        return S1F_OOM
+    for k in range(n):
+        s1t[row, idx0 + k] = s1_make_leaf(U(ipa + (k << shift)), USER_RWX, map_level, ps,
+                                          s1p[G1_CONT] != 0)
+    out[1] += n
+    out[2] = size
+    return 1
+
+
+@jit
+def _alloc_data(size, s1p, slots, slot_off, nslot):
+    """``size`` bytes of guest memory, ``size``-aligned, at the lowest free IPA above the
+    data cursor, inside a memslot and below the table pages; -1 when there is none."""
+    a = (s1p[G1_DATA] + size - 1) & ~(size - 1)
+    tables_low = s1p[S1_TOP] - ((s1p[G1_ROWS] - 1) << s1p[S1_PS])
+    for k in range(slot_off, slot_off + nslot):
+        base = slots[k, 0]
+        end = base + slots[k, 1]
+        if a < base:
+            a = (base + size - 1) & ~(size - 1)
+        if a + size <= end and a + size <= tables_low:
+            s1p[G1_DATA] = a + size
+            return a
+    return -1
+
+
+class GuestStage1:
+    """A guest's stage-1: its table pages (rows, grown on demand) and parameters, built
+    from ``guest.stage1``; the root table is allocated at once."""
+
+    def __init__(self, s1cfg, slots: list[tuple[int, int]]):
+        from workloads.units import parse_size
+
+        self.geom = g = S1Geometry.from_granule(s1cfg.granule, s1cfg.va_bits)
+        self.s1p = np.zeros(N_S1P, dtype=np.int64)
+        p = self.s1p
+        p[S1_PS] = g.page_shift
+        p[S1_START] = g.start_level
+        p[S1_VA_BITS] = g.va_bits
+        top_base, top_size = max(slots)
+        p[S1_TOP] = top_base + top_size - g.entries * 8  # the top-level table's page
+        p[S1_ROOT] = p[S1_TOP]
+        p[S1_CONT3] = g.cont_shift(3)
+        p[S1_CONT2] = g.cont_shift(2)
+        p[G1_DATA] = min(slots)[0]
+        p[G1_ROWS] = 1
+        p[G1_FLOOR] = top_base
+        mapping = s1cfg.mapping
+        if mapping == "largest":
+            p[G1_LEVEL] = g.block_levels()[0]
+        elif mapping == "thp":
+            p[G1_LEVEL] = 2
+        else:
+            size = parse_size(mapping)
+            p[G1_LEVEL] = {v: k for k, v in g.leaf_sizes().items()}[size]
+        p[G1_CONT] = int(s1cfg.contiguous)
+        self.s1t = np.zeros((64, g.entries), dtype=np.uint64)
+
+    @property
+    def tables(self) -> int:
+        """Table pages allocated."""
+        return int(self.s1p[G1_ROWS])
+
+    def reserve(self) -> None:
+        """Room for a fault's tables (call-out before s1_fault when fewer than 4 are free)."""
+        rows = self.s1t.shape[0]
+        grown = np.zeros((2 * rows, rows and self.s1t.shape[1]), dtype=np.uint64)
+        grown[:rows] = self.s1t
+        self.s1t = grown
