@@ -376,7 +376,7 @@ def validate(
     for name, cfg in exp.variants.items():
         with input_errors(config):
             if cfg.workload is not None:
-                cfg.workload.build(cfg.guest.vcpus, cfg.seed, cfg.guest.memory,
+                cfg.workload.build(cfg.guest.vcpus, cfg.seed, cfg.address_space(),
                                    cfg.engine.chunk)
             for g in cfg.guests:
                 g.workload.build(g.vcpus, cfg.seed, g.memory, cfg.engine.chunk)

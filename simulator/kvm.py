@@ -34,7 +34,7 @@ class KvmExperiment:
             streams = [iter(()) for _ in range(cfg.guest.vcpus)]
             self.driver = PageTableTestDriver(m, vm)
         else:
-            streams = cfg.workload.build(cfg.guest.vcpus, cfg.seed, cfg.guest.memory,
+            streams = cfg.workload.build(cfg.guest.vcpus, cfg.seed, cfg.address_space(),
                                          cfg.engine.chunk)
         for i, stream in enumerate(streams):
             vm.contexts.append(m.add_context(vm, stream, cpus[i], f"vcpu{i}"))

@@ -453,3 +453,96 @@ def test_stage1_flush():
     assert sorted(int(k) & 0xFFF for k in key[0] if k != INVALID) == [0x201, 0x202, 0x203,
                                                                       0x204, 0x205]
     assert int(g[L.G_S1_FLUSHES]) == 1
+
+
+# ==========================================================================================
+# The engine with a guest stage-1
+
+
+def run_two_stage(tmp_path, **over):
+    import yaml
+
+    from simulator.config import Experiment
+    from simulator.experiment import run_config
+
+    cfg = {"name": "s1", "machine": {"granule": "4K", "ipa_bits": 40},
+           "guest": {"memory": "64MiB", "vcpus": 1, "mapping": "4K",
+                     "stage1": {"granule": "4K", "va_bits": 48, "mapping": "4K"}},
+           "tlb": {"levels": [{"name": "l1", "sets": 4, "ways": 4}]},
+           "workload": {"type": "sequential", "accesses": 2048, "step": 4096,
+                        "start": 0x7F00_0000_0000, "footprint": "1MiB", "write_ratio": 0.5}}
+    for k, v in over.items():
+        node = cfg
+        *path, last = k.split(".")
+        for p in path:
+            node = node.setdefault(p, {})
+        node[last] = v
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    return run_config(Experiment(tmp_path / "c.yaml").variants["default"])["counters"]
+
+
+def test_engine_two_stage_exact_counts(tmp_path):
+    """256 pages touched twice each (VAs near 2^47): the guest maps each page once (256
+    stage-1 faults, three new tables below its root); stage-2 maps each data page and each
+    of the four table pages (the latter on stage-1 walks)."""
+    c = run_two_stage(tmp_path)
+    assert c["accesses"] == 2048
+    assert (c["s1.translation_faults"], c["s1.faults"], c["s1.tables"]) == (256, 256, 3)
+    assert c["s1.data_bytes"] == 256 * 4096
+    assert (c["translation_faults"], c["faults.s1ptw"]) == (256 + 4, 4)
+    assert c["mappings.l3"] == 260
+    assert c["walk.mem_refs"] == c["walk.s1_refs"] + c["walk.s2_refs"]
+    assert "tlbi.s1_flushes" in c and c["tlbi.s1_flushes"] == 0
+
+
+def test_engine_two_stage_thp_over_blocks(tmp_path):
+    c = run_two_stage(tmp_path, **{"guest.mapping": "2M", "guest.stage1.mapping": "thp"})
+    # one 2M guest block for the whole 1 MiB, one stage-2 block for it and one for the
+    # tables at the top of guest memory; one combined 2M entry serves every access
+    assert (c["s1.translation_faults"], c["s1.tables"]) == (1, 2)
+    assert (c["translation_faults"], c["faults.s1ptw"], c["mappings.l2"]) == (2, 1, 2)
+    # walks: the S1PTW fault, the stage-1 fault, the data's stage-2 fault, the one that fills
+    assert c["walks"] == 4 and c["tlb.l1.hits"] == 2048 - 1
+
+
+def test_engine_two_stage_guest_out_of_memory(tmp_path):
+    from simulator.engine.machine import SimulationError
+
+    with pytest.raises(SimulationError, match="guest.memory"):
+        run_two_stage(tmp_path, **{"guest.memory": "4MiB", "guest.stage1.mapping": "thp",
+                                   "workload.footprint": "8MiB",
+                                   "workload.step": 2 << 20})
+
+
+@pytest.mark.parametrize("over, field", [
+    ({"hyp": {"mode": "pkvm"}}, "guest.stage1"),
+    ({"guest": {"placement": "first_touch"}}, "guest.placement"),
+    ({"guest": {"stage1": {"mapping": "2M", "granule": "64K"}}}, "guest.stage1.mapping"),
+    ({"guest": {"stage1": {"va_bits": 52}}}, "guest.stage1.va_bits"),
+    ({"tlb": {"levels": [{"name": "l1", "sets": 1, "ways": 4, "page_sizes": ["8K"]}]}},
+     "page_sizes"),
+])
+def test_stage1_config_errors(tmp_path, over, field):
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg = {"name": "bad", "guest": {"memory": "64MiB", "stage1": {"granule": "4K"}},
+           "workload": {"type": "uniform", "accesses": 10, "footprint": "1MiB"}}
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(cfg.get(k), dict):
+            for k2, v2 in v.items():
+                if isinstance(v2, dict) and isinstance(cfg[k].get(k2), dict):
+                    cfg[k][k2] = {**cfg[k][k2], **v2}
+                else:
+                    cfg[k][k2] = v2
+        else:
+            cfg[k] = v
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    r = subprocess.run([sys.executable, "-m", "simulator.cli", "validate", str(p)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    line = r.stderr.strip()
+    assert line.startswith("error:") and "\n" not in line and field in line, line

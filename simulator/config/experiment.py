@@ -163,6 +163,13 @@ class ExperimentConfig(_Model):
             raise ValueError("guest.stage1: page_table_test touches guest memory directly "
                              "(IPAs), as the selftest's guest code does")
 
+    def address_space(self) -> int:
+        """The size of the space the kvm workload's addresses live in: the guest memory
+        (IPAs), or with a guest stage-1 the VA space (2^va_bits)."""
+        if self.guest.stage1 is not None:
+            return 1 << self.guest.stage1.va_bits
+        return self.guest.memory
+
     def tlb_entry_sizes(self) -> list[int]:
         """The sizes a TLB entry can have: the stage-2 leaves, and with a guest stage-1 its
         leaves and contiguous runs too (a combined entry is the smaller of the two)."""
@@ -173,8 +180,7 @@ class ExperimentConfig(_Model):
 
             g1 = S1Geometry.from_granule(s1.granule, s1.va_bits)
             sizes |= set(g1.leaf_sizes().values())
-            if s1.contiguous:
-                sizes |= {g1.cont_size(lv) for lv in (2, 3) if lv in g1.block_levels()}
+            sizes |= {g1.cont_size(lv) for lv in (2, 3) if lv in g1.block_levels()}
         return sorted(sizes)
 
     def _check_page_table_test(self) -> None:

@@ -403,8 +403,13 @@ def handle(c, v, cpu, now, md, sc, tl, mem, wk):
 @jit
 def _attr(c, v, start, pr, vmt, st):
     """The leaf attributes a fault maps with: RW (X after an instruction fetch fault, or
-    always with DIC), and pKVM's SHARED_BORROWED state for memory the host shares."""
+    always with DIC; not W after a read or fetch while dirty logging), and pKVM's
+    SHARED_BORROWED state for memory the host shares."""
     attr = pr[P_ATTR_X] if (st[c, S_KIND] == FETCH or pr[P_DIC] != 0) else pr[P_ATTR]
+    if vmt[v, V_LOGGING] != 0 and st[c, S_KIND] != WRITE:
+        # user_mem_abort(): "Only actually map the page as writable if this was a write
+        # fault" while logging; the first write then takes a permission fault, marked dirty
+        attr &= ~np.int64(D.S2AP_W)
     sf = vmt[v, V_SHARED_FROM]
     if sf >= 0 and start >= sf:
         attr |= np.int64(STATE_SHARED_BORROWED) << D.SW_SHIFT

@@ -466,6 +466,8 @@ class GuestVM(VM):
             bs = self.geom.page_size if self.logging else self.block_for(ipa, slot)
             start = ipa & ~(bs - 1)
             prot = self.prot_for(kind)
+            if self.logging and kind != WRITE:
+                prot &= ~D.PROT_W  # user_mem_abort(): writable only after a write fault
             level = self.geom.level_for_size(bs)
             loc = self.s2.locate(start, level) if level < 3 else None
             rebuilds = loc is not None and D.is_table(D.U(loc[2]), level)
