@@ -1100,16 +1100,22 @@ class NestedResult:
     pa: int = 0  # its output address
     ipa: int = 0  # the output IPA, or the IPA whose stage-2 walk faulted
     s1ptw: bool = False  # the stage-2 fault was on a stage-1 table's IPA
+    perm: int = 0  # PERM_* | stage-2 leaf level << 4 (| NOCACHE: an nT block)
+    s2hits: int = 0  # stage-2 translations served by cached stage-2 entries
+    s2cyc: int = 0  # the cycles of those lookups
 
 
 def nested_walk(read2, base_pa: int, ps2: int, root_row: int, sl2: int, ipa_bits: int,
                 s1: Stage1Regime, va: int, wc2: RefWalkCache | None, wc1: RefWalkCache | None,
-                vmid: int) -> NestedResult:
-    """Translate ``va``: every stage-1 table's IPA goes through a stage-2 walk before the
-    table is read, and so does the leaf's output IPA. A stage-1 walk-cache hit yields a
-    table whose stage-2 translation is known. The combined entry has the smaller of the two
-    leaf sizes, a contiguous stage-1 leaf counting as its whole run."""
+                vmid: int, tlb=None) -> NestedResult:
+    """Translate ``va``: every stage-1 table's IPA goes through stage-2 before the table is
+    read, and so does the leaf's output IPA: from a stage-2 entry cached in ``tlb`` (a
+    RefTLB whose levels hold stage-2 sizes) or by a walk, whose leaf is then cached there
+    (never an nT block). A stage-1 walk-cache hit yields a table whose stage-2 translation
+    is known. The combined entry has the smaller of the two leaf sizes, a contiguous
+    stage-1 leaf counting as its whole run; its permissions are stage-2's."""
     refs1 = refs2 = hits = 0
+    s2hits = s2cyc = 0
     s1hit = -1
     if va >> s1.va_bits:
         return NestedResult(W_TRANSLATION, 1, s1.start, 0, 0, 0, 0, -1)
@@ -1123,46 +1129,72 @@ def nested_walk(read2, base_pa: int, ps2: int, root_row: int, sl2: int, ipa_bits
                 hits += 1
                 break
 
-    def stage2(ipa: int) -> WalkResult:
-        nonlocal refs2, hits
+    def stage2(ipa: int):
+        """(WalkResult or None, leaf size shift, leaf output address, perm)."""
+        nonlocal refs2, hits, s2hits, s2cyc
+        if tlb is not None:
+            cyc, entry, shift = tlb.s2_probe(ipa, vmid)
+            s2cyc += cyc
+            if entry is not None:
+                s2hits += 1
+                return None, shift, entry.pa, entry.perm
         w = hw_walk(read2, base_pa, ps2, root_row, sl2, ipa_bits, ipa, wc2, vmid)
         refs2 += w.refs
         hits += w.wc_level >= 0
-        return w
+        if w.status != W_OK:
+            return w, 0, 0, 0
+        perm = w.level << 4
+        perm |= PERM_R if w.pte & S2AP_R else 0
+        perm |= PERM_W if w.pte & S2AP_W else 0
+        perm |= 0 if w.pte & XN else PERM_X
+        leaf_pa = pte_to_phys(w.pte & oa_mask(w.level, ps2), ps2)
+        if w.level < 3 and w.pte & NT:
+            perm |= NOCACHE
+        elif tlb is not None:
+            tlb.s2_fill(ipa, vmid, w.shift, leaf_pa, perm)
+        return w, w.shift, leaf_pa, perm
 
+    pending = None  # (level, row): a stage-1 walk-cache entry, cached once its table's
+    #                 stage-2 translation succeeded (the cache holds physical addresses)
     while True:
         if not known:
-            w = stage2(table_ipa)
-            if w.status != W_OK:
+            w, *_ = stage2(table_ipa)
+            if w is not None and w.status != W_OK:
                 return NestedResult(w.status, 2, w.level, w.pte, refs1, refs2, hits, s1hit,
-                                    ipa=table_ipa, s1ptw=True)
+                                    ipa=table_ipa, s1ptw=True, s2hits=s2hits, s2cyc=s2cyc)
+            if pending is not None and wc1 is not None:
+                wc1.fill(pending[0], vmid, va, pending[1])
+            pending = None
         known = False
         shift = granule_shift(level, s1.ps)
         d = int(s1.read(row, (va >> shift) & ((1 << (s1.ps - 3)) - 1))) & MASK64
         refs1 += 1
         if not d & 1:
-            return NestedResult(W_TRANSLATION, 1, level, d, refs1, refs2, hits, s1hit)
+            return NestedResult(W_TRANSLATION, 1, level, d, refs1, refs2, hits, s1hit,
+                                s2hits=s2hits, s2cyc=s2cyc)
         if level < 3 and d & 2:
             table_ipa = pte_to_phys(d, s1.ps)
             row = s1.row_of(table_ipa)
-            if wc1 is not None:
-                wc1.fill(level, vmid, va, row)
+            pending = (level, row)
             level += 1
             continue
         if (level == 3 and not d & 2) or level < min_block_level(s1.ps):
-            return NestedResult(W_TRANSLATION, 1, level, d, refs1, refs2, hits, s1hit)
+            return NestedResult(W_TRANSLATION, 1, level, d, refs1, refs2, hits, s1hit,
+                                s2hits=s2hits, s2cyc=s2cyc)
         if not d & AF:
-            return NestedResult(W_ACCESS_FLAG, 1, level, d, refs1, refs2, hits, s1hit)
+            return NestedResult(W_ACCESS_FLAG, 1, level, d, refs1, refs2, hits, s1hit,
+                                s2hits=s2hits, s2cyc=s2cyc)
         break
     ipa = align_down(pte_to_phys(d, s1.ps), 1 << shift) + va % (1 << shift)
     eff1 = shift + ((s1.cont3 if level == 3 else s1.cont2) if d & (1 << 52) else 0)
-    w = stage2(ipa)
-    if w.status != W_OK:
-        return NestedResult(w.status, 2, w.level, w.pte, refs1, refs2, hits, s1hit, ipa=ipa)
-    comb = min(eff1, w.shift)
-    leaf_pa = pte_to_phys(w.pte & oa_mask(w.level, ps2), ps2)
-    pa = align_down(leaf_pa + ipa % (1 << w.shift), 1 << comb)
-    return NestedResult(W_OK, 2, w.level, w.pte, refs1, refs2, hits, s1hit, comb, pa, ipa)
+    w, shift2, leaf_pa, perm = stage2(ipa)
+    if w is not None and w.status != W_OK:
+        return NestedResult(w.status, 2, w.level, w.pte, refs1, refs2, hits, s1hit, ipa=ipa,
+                            s2hits=s2hits, s2cyc=s2cyc)
+    comb = min(eff1, shift2)
+    pa = align_down(leaf_pa + ipa % (1 << shift2), 1 << comb)
+    return NestedResult(W_OK, 2, (perm >> 4) & 3, w.pte if w else 0, refs1, refs2, hits, s1hit,
+                        comb, pa, ipa, perm=perm, s2hits=s2hits, s2cyc=s2cyc)
 
 
 def s1_lookup(s1: Stage1Regime, va: int) -> int:
@@ -1185,6 +1217,8 @@ def s1_lookup(s1: Stage1Regime, va: int) -> int:
 
 
 PERM_R, PERM_W, PERM_X = 1, 2, 4
+S2_TAG = 1 << 16  # a stage-2 entry's key: the VMID with this bit (tlb.py's KEY_S2 >> 46)
+NOCACHE = 1 << 7  # a permission bit of no access class: an nT block's translation
 
 
 @dataclass
@@ -1197,7 +1231,7 @@ class RefTLBLevel:
     """One set-associative level: per set an OrderedDict from LRU to MRU."""
 
     def __init__(self, name: str, sets: int, ways: int, latency: int, leaf_levels, page_shift,
-                 serves: str = "all", shifts=()):
+                 serves: str = "all", shifts=(), stage2_shifts=()):
         self.name = name
         self.nsets = sets
         self.ways = ways
@@ -1207,6 +1241,8 @@ class RefTLBLevel:
         # the page sizes held, as shifts, largest first
         self.shifts = sorted({granule_shift(lv, page_shift) for lv in leaf_levels} | set(shifts),
                              reverse=True)
+        # stage-2 (IPA -> PA) entries held for nested walks, keyed (vmid | S2_TAG, ...)
+        self.s2_shifts = sorted(set(stage2_shifts))
         self.sets: list[OrderedDict] = [OrderedDict() for _ in range(sets)]
 
     def set_of(self, vpn: int) -> OrderedDict:
@@ -1233,6 +1269,34 @@ class RefTLB:
                 s.move_to_end(key)
                 return shift, s[key]
         return None
+
+    def s2_probe(self, ipa: int, vmid: int) -> tuple[int, TLBEntry | None, int]:
+        """A nested walk's lookup of a stage-2 entry: the levels holding some, in order,
+        each size smallest first; a hit becomes MRU. Returns (cycles, entry, shift)."""
+        cycles = 0
+        for level in self.levels:
+            if not level.s2_shifts:
+                continue
+            cycles += level.latency
+            for shift in level.s2_shifts:
+                key = (vmid | S2_TAG, shift, ipa >> shift)
+                s = level.set_of(ipa >> shift)
+                if key in s:
+                    s.move_to_end(key)
+                    return cycles, s[key], shift
+        return cycles, None, 0
+
+    def s2_fill(self, ipa: int, vmid: int, shift: int, pa: int, perm: int) -> None:
+        """Cache a stage-2 leaf in every level holding stage-2 entries of its size."""
+        for level in self.levels:
+            if shift not in level.s2_shifts:
+                continue
+            key = (vmid | S2_TAG, shift, ipa >> shift)
+            s = level.set_of(ipa >> shift)
+            if key not in s and len(s) >= level.ways:
+                s.popitem(last=False)
+            s[key] = TLBEntry(pa, perm)
+            s.move_to_end(key)
 
     def conflicts(self, lv: int, ipa: int, vmid: int, shift: int) -> bool:
         """Another entry of a larger size than ``shift`` also holds ``ipa`` (FEAT_BBM level
@@ -1328,6 +1392,8 @@ class RefVcpu:
             for k in ("walk.s1_refs", "walk.s2_refs", "walk_cache.s1_hits",
                       "s1.translation_faults", "faults.s1ptw"):
                 self.ctr[k] = 0
+            if any(lv.s2_shifts for lv in tlb.levels):
+                self.ctr["s2_cache.hits"] = 0
         for n in names:
             self.ctr[f"tlb.{n}.hits"] = 0
             self.ctr[f"tlb.{n}.misses"] = 0
@@ -1402,14 +1468,18 @@ class RefVcpu:
                 self.ctr["walks"] += 1
                 w = nested_walk(read, base_pa, page_shift, root_row, start_level_, ipa_bits,
                                 self.s1, ipa, self.wc if self.wc.n else None,
-                                self.wc1 if self.wc.n else None, self.vmid)
+                                self.wc1 if self.wc.n else None, self.vmid,
+                                self.tlb if any(lv.s2_shifts for lv in self.tlb.levels)
+                                else None)
                 self.ctr["walk.mem_refs"] += w.refs1 + w.refs2
                 self.ctr["walk.s1_refs"] += w.refs1
                 self.ctr["walk.s2_refs"] += w.refs2
                 cyc += (w.refs1 + w.refs2) * self.costs["mem_ref"]
                 self.ctr["walk_cache.hits"] += w.hits
                 self.ctr["walk_cache.s1_hits"] += w.s1_wc_level >= 0
-                cyc += w.hits * self.costs["wc_hit"]
+                if "s2_cache.hits" in self.ctr:
+                    self.ctr["s2_cache.hits"] += w.s2hits
+                cyc += w.hits * self.costs["wc_hit"] + w.s2cyc
                 if w.status != W_OK:
                     if w.stage == 1:
                         self.ctr["s1.translation_faults"] += 1
@@ -1421,13 +1491,9 @@ class RefVcpu:
                     cycles += cyc
                     self._tally(cycles, attempts)
                     return i, cycles, "fault"
-                pte = w.pte
-                perm = w.level << 4
-                perm |= PERM_R if pte & S2AP_R else 0
-                perm |= PERM_W if pte & S2AP_W else 0
-                perm |= 0 if pte & XN else PERM_X
+                perm = w.perm & ~NOCACHE
                 shift, pa = w.shift, w.pa
-                if w.level == 3 or not pte & NT:  # an nT block is never cached
+                if not w.perm & NOCACHE:  # an nT block is never cached
                     for lv in levels:
                         self.tlb.fill(lv, ipa, self.vmid, shift, pa, perm)
             else:

@@ -260,9 +260,13 @@ def nested_setups(draw):
     specs = []
     for i in range(draw(st.integers(1, 3))):
         held = draw(st.lists(st.sampled_from(sizes), min_size=1, max_size=4, unique=True))
+        # stage-2 entries cached beside the combined ones (N1's L2: blocks only)
+        s2held = draw(st.lists(st.sampled_from([1 << ps2, N.granule_size(2, ps2)]),
+                               max_size=2, unique=True))
         specs.append((f"L{i + 1}", draw(st.sampled_from([1, 2, 4])),
                       draw(st.sampled_from([1, 2, 4])), draw(st.integers(0, 5)), (), "all",
-                      tuple(s.bit_length() - 1 for s in held)))
+                      tuple(s.bit_length() - 1 for s in held),
+                      tuple(s.bit_length() - 1 for s in s2held)))
     costs = {"access": draw(st.integers(0, 3)), "mem_ref": draw(st.integers(0, 50)),
              "wc_hit": draw(st.integers(0, 5))}
     bases = [0x40_0000, 0x7F_0000_0000 & ((1 << va_bits) - 1), 1 << (va_bits - 1)]
@@ -289,6 +293,7 @@ def test_nested_streams_match_the_reference(setup, data):
             break
         budget = data.draw(st.sampled_from([0, 1, 50, 500, 1 << 40]))
         nxt, _, status = pair.run(addrs, kinds, i, n, budget)
+        event("stage-2 cache hits" if pair.ref.ctr.get("s2_cache.hits") else "no s2 cache hit")
         if status == "fault":
             f = pair.ref.fault
             event(f"fault stage {f['stage']} {f['status']}{' s1ptw' if f['s1ptw'] else ''}")
@@ -351,6 +356,72 @@ def test_a_cold_nested_walk_reads_24_descriptors():
     assert (int(i), int(status)) == (1, B.B_DONE)
     assert (c["walk.s1_refs"], c["walk.s2_refs"], c["walk.mem_refs"]) == (4, 20, 24)
     assert int(cycles) == 24 + 1  # one memory reference each, the TLB lookup's latency
+
+
+def test_cached_stage2_blocks_shorten_the_nested_walk():
+    """With stage-2 2M entries cached (Neoverse N1's L2 keeps stage-2 blocks), the four
+    stage-1 tables of one 2M block need one stage-2 walk, not four: 4 stage-1 references
+    and two stage-2 walks of 3 (the tables' block, the data's), three stage-2 translations
+    served from the cache."""
+    gs, slots = guest(memory=4 * GiB)
+    s2 = stage2(12, 48)
+    va = 0x7F12_3456_7000
+    fault(gs, slots, va)
+    s1 = regime(gs)
+    s2_map(s2, s1.top, True)
+    s2_map(s2, N.s1_lookup(s1, va), True)
+    t = TLBHierarchy([TLBLevelSpec("l1", 1, 8, 1, (), "all", (12,)),
+                      TLBLevelSpec("l2", 4, 4, 3, (), "all", (12, 21), (21,))], 12)
+    mmu = nested_mmu(gs, s2, t)
+    i, cycles, status = one(mmu, s2, va)
+    c = mmu.counters()
+    assert (int(i), int(status)) == (1, B.B_DONE)
+    assert (c["walk.s1_refs"], c["walk.s2_refs"], c["s2_cache.hits"]) == (4, 6, 3)
+    # the TLB lookups (1 + 3), five stage-2 cache probes of the l2 (3 each), 10 references
+    assert int(cycles) == 4 + 5 * 3 + 10
+    s2_keys = [int(k) for k in t.key if k != INVALID and int(k) & (1 << 62)]
+    assert len(s2_keys) == 2  # the tables' block and the data's block
+
+
+def test_stage1_walk_cache_waits_for_the_tables_stage2():
+    """A stage-1 walk-cache entry holds the next table's physical address, so it is filled
+    only once that table's stage-2 translation succeeded. Counted by hand: 4K both stages,
+    48-bit VAs (4 stage-1 levels), 40-bit IPAs (3 stage-2 levels), a walk cache of 4."""
+    gs, slots = guest(memory=1 * GiB)
+    s2 = stage2(12, 40)
+    va = 0x7F12_3456_7000
+    fault(gs, slots, va)  # root at TOP; level-1, 2, 3 tables at TOP - 4K, - 8K, - 12K
+    top = int(gs.s1p[S1_TOP])
+    s2_map(s2, top, False)  # only the root's page is mapped at stage-2
+    mmu = nested_mmu(gs, s2, tlb([4 * KiB]), wc=4)
+    # walk 1: the root's IPA (3 stage-2 refs), the root (1), the level-1 table's IPA (a
+    # stage-2 walk-cache hit, 1 ref: invalid): S1PTW
+    one(mmu, s2, va)
+    assert int(mmu.fault[B.FR_S1PTW]) == 1 and int(mmu.fault[B.FR_IPA]) == top - 4096
+    c = mmu.counters()
+    assert (c["walk.s1_refs"], c["walk.s2_refs"]) == (1, 4)
+    s2_map(s2, top - 4096, False)
+    # walk 2: nothing cached at stage 1, so the root again (1 + 1 stage-2 ref), then the
+    # level-1 table (its stage-2: 1 ref), then the level-2 table's IPA: S1PTW
+    one(mmu, s2, va)
+    assert int(mmu.fault[B.FR_IPA]) == top - 2 * 4096
+    c = mmu.counters()
+    assert (c["walk.s1_refs"], c["walk.s2_refs"], c["walk_cache.s1_hits"]) == (3, 7, 0)
+    # walk 3: the level-0 entry is cached now (the level-1 table, translated): it starts
+    # there, reads the level-1 table (1), translates the level-2 table (1): S1PTW again
+    one(mmu, s2, va)
+    c = mmu.counters()
+    assert (c["walk.s1_refs"], c["walk.s2_refs"], c["walk_cache.s1_hits"]) == (4, 8, 1)
+
+
+def test_a_va_beyond_the_va_space_is_an_error(tmp_path):
+    from simulator.engine.machine import SimulationError
+
+    trace = tmp_path / "t.npy"
+    np.save(trace, np.array([0x40_0000, 0x7F00_0000_1000], dtype=np.uint64))
+    with pytest.raises(SimulationError, match="VA space"):
+        run_two_stage(tmp_path, **{"guest.stage1.va_bits": 39,
+                                   "workload": {"type": "npy", "path": str(trace)}})
 
 
 def test_s1ptw_fault_then_data_fault():
@@ -433,25 +504,31 @@ def test_stage1_flush():
             t_key[e] = np.uint64((vmid << 46) | (12 << 40) | (0x100 * vmid + k))
         for row in (1, 5):
             wc.tag[row, vmid] = np.uint64(((vmid << 48) | 7) + 1)
+    # two cached stage-2 entries of VMID 1: one in the range invalidated, one not
+    for vpn in (0x100, 0x300):
+        e = np.flatnonzero(t.key == INVALID)[0]
+        t.key[e] = np.uint64((1 << 62) | (1 << 46) | (12 << 40) | vpn)
     key, wtag = t.key[None, :].copy(), wc.tag[None, :].copy()
     g = np.zeros(L.N_GLOBALS, dtype=np.int64)
     lay = B.batch_layout(t.sets, t.sizes, t.serves)
     s1vmid = np.array([0, 1, 0], dtype=np.int64)  # VMID 1 has a stage-1
     tl = L.Tlbs(key, t.stamp[None, :], t.pa[None, :], t.perm[None, :], t.off, t.sets, t.ways,
                 t.latency, t.sizes, t.serves, lay, wtag, wc.row[None, :],
-                wc.stamp[None, :], np.zeros((1, 1), np.int64), s1vmid)
+                wc.stamp[None, :], np.zeros((1, 1), np.int64), s1vmid, np.zeros(1, np.int64))
     invalidate_all(np.int64(1), np.int64(0x100 << 12), np.int64(0x101 << 12), np.int64(12), g,
                    tl)
     left = [int(k) >> 46 for k in key[0] if k != INVALID]
-    assert left == [2] * 6
-    assert (int(g[L.G_S1_FLUSHES]), int(g[L.G_S1_ENTRIES]), int(g[L.G_TLBI_ENTRIES])) == (1, 6, 0)
+    # VMID 1's combined entries gone, its stage-2 entry outside the range kept (VMALLE1
+    # leaves stage-2 entries alone)
+    assert sorted(left) == [2] * 6 + [1 | 1 << 16]
+    assert (int(g[L.G_S1_FLUSHES]), int(g[L.G_S1_ENTRIES]), int(g[L.G_TLBI_ENTRIES])) == (1, 6, 1)
     # stage-1 walk-cache row 5 of VMID 1 gone, VMID 2's kept; stage-2 row 1 by range only
     assert [int(x) for x in wtag[0, 5, 1:3]] == [0, ((2 << 48) | 7) + 1]
     # an IPA-only VMID: the range alone, no stage-1 flush
     invalidate_all(np.int64(2), np.int64(0x200 << 12), np.int64(0x201 << 12), np.int64(12), g,
                    tl)
     assert sorted(int(k) & 0xFFF for k in key[0] if k != INVALID) == [0x201, 0x202, 0x203,
-                                                                      0x204, 0x205]
+                                                                      0x204, 0x205, 0x300]
     assert int(g[L.G_S1_FLUSHES]) == 1
 
 
@@ -519,6 +596,11 @@ def test_engine_two_stage_guest_out_of_memory(tmp_path):
     ({"guest": {"placement": "first_touch"}}, "guest.placement"),
     ({"guest": {"stage1": {"mapping": "2M", "granule": "64K"}}}, "guest.stage1.mapping"),
     ({"guest": {"stage1": {"va_bits": 52}}}, "guest.stage1.va_bits"),
+    ({"guest": {"stage1": {"mapping": "1G", "contiguous": True}}}, "guest.stage1.contiguous"),
+    ({"guest": {"stage1": {"granule": "64K", "mapping": "64K"}, "memory": "64KiB"}},
+     "guest.memslots"),
+    ({"tlb": {"levels": [{"name": "l1", "sets": 1, "ways": 4, "stage2_sizes": ["64K"]}]}},
+     "stage2_sizes"),
     ({"tlb": {"levels": [{"name": "l1", "sets": 1, "ways": 4, "page_sizes": ["8K"]}]}},
      "page_sizes"),
 ])

@@ -111,6 +111,14 @@ class ExperimentConfig(_Model):
         self._check_stage1()
         held = self.tlb_entry_sizes()
         for lv in self.tlb.levels:
+            if lv.stage2_sizes and self.guest.stage1 is None:
+                raise ValueError(f"tlb.levels.{lv.name}.stage2_sizes: stage-2 entries are "
+                                 "cached apart from combined ones only with guest.stage1")
+            for ps in lv.stage2_sizes:
+                if ps not in geom.leaf_sizes().values():
+                    raise ValueError(f"tlb.levels.{lv.name}.stage2_sizes: {format_size(ps)} is "
+                                     f"not a stage-2 leaf size of the {self.machine.granule} "
+                                     "granule")
             for ps in lv.page_sizes or []:
                 if ps not in held:
                     what = ("a combined entry size (a leaf or contiguous run of either stage)"
@@ -154,6 +162,17 @@ class ExperimentConfig(_Model):
                              f"the {s1.granule} granule with {s1.va_bits}-bit VAs ({sizes})")
         if s1.mapping == "thp" and 2 not in g1.block_levels():
             raise ValueError("guest.stage1.mapping: thp needs level-2 blocks")
+        level = (2 if s1.mapping == "thp" else g1.block_levels()[0] if s1.mapping == "largest"
+                 else {v: k for k, v in g1.leaf_sizes().items()}[parse_size(s1.mapping)])
+        if s1.contiguous and level < 2:
+            raise ValueError("guest.stage1.contiguous: arm64 has contiguous runs of pages "
+                             "(CONT_PTE) and level-2 blocks (CONT_PMD) only, not of "
+                             f"{format_size(g1.size(level))} blocks")
+        top = max(self.guest.slots(), key=lambda sl: sl.base)
+        page = 1 << g1.page_shift
+        if ((top.base + top.size) & ~(page - 1)) - 2 * page < top.base:
+            raise ValueError("guest.memslots: the highest memslot holds the guest's stage-1 "
+                             f"tables: it needs at least two {s1.granule} pages")
         if self.guest.placement != "identity":
             raise ValueError("guest.placement: with guest.stage1 the guest's own page tables "
                              "place what the workload touches; leave placement: identity")

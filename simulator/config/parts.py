@@ -145,6 +145,10 @@ class TLBLevelConfig(_Model):
     latency: int = Field(default=1, ge=0, description="Lookup latency, cycles.")
     page_sizes: list[Size] | None = Field(
         default=None, description="Leaf sizes the level holds (default: all of the granule).")
+    stage2_sizes: list[Size] = Field(
+        default_factory=list, description="With a guest stage-1: the stage-2 (IPA -> PA) "
+        "entry sizes this level also caches for nested walks, beside the combined ones "
+        "(Neoverse N1's L2 TLB: the blocks, 2M and 1G). Empty: none.")
     serves: Literal["all", "data", "instruction"] = Field(
         default="all", description="Accesses the level serves: all, data (reads and writes) "
         "or instruction (fetches); split L1 I/D TLBs over a unified L2.")

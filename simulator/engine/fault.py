@@ -147,7 +147,7 @@ from simulator.hyp.rebuild import (
     RB_WINDOW_OPEN,
 )
 from simulator.mmu.batch import FETCH, WRITE
-from simulator.mmu.tlb import tlb_invalidate
+from simulator.mmu.tlb import tlb_invalidate, tlb_invalidate_s12
 from simulator.mmu.walk import W_PERMISSION, wc_flush_s1, wc_invalidate
 
 U = np.uint64
@@ -199,14 +199,15 @@ def invalidate_cpu(cpu, vmid, lo, hi, page_shift, tl, g):
     returns the TLB entries removed. For a VMID whose guest has a stage-1 the TLB holds
     combined VA -> PA entries, which no IPA names: KVM follows every stage-2 invalidation
     with TLBI VMALLE1(IS) (__kvm_tlb_flush_vmid_ipa(), "invalidate Stage-2 for this IPA, and
-    the whole of Stage-1"), so all of the VMID's entries and stage-1 walk-cache entries go,
-    counted in G_S1_ENTRIES (the caller counts the flush)."""
+    the whole of Stage-1"), so all of the VMID's combined entries and stage-1 walk-cache
+    entries go, counted in G_S1_ENTRIES (the caller counts the flush); its cached stage-2
+    entries go by range, like IPA-keyed ones (returned)."""
     wc_invalidate(vmid, U(lo), U(hi), page_shift, tl.wc_tag[cpu])
     if vmid >= 0 and vmid < tl.s1.shape[0] and tl.s1[vmid] != 0:
         wc_flush_s1(vmid, tl.wc_tag[cpu])
-        g[G_S1_ENTRIES] += tlb_invalidate(vmid, U(0), U(0), tl.key[cpu], tl.off, tl.sets,
-                                          tl.ways, tl.sizes)
-        return 0
+        n1, n2 = tlb_invalidate_s12(vmid, U(lo), U(hi), tl.key[cpu], tl.off, tl.sets, tl.ways)
+        g[G_S1_ENTRIES] += n1
+        return n2
     return tlb_invalidate(vmid, U(lo), U(hi), tl.key[cpu], tl.off, tl.sets, tl.ways, tl.sizes)
 
 
@@ -351,8 +352,9 @@ def handle(c, v, cpu, now, md, sc, tl, mem, wk):
         vmid = vmt[v, V_VMID]
         if vmid < tl.s1.shape[0] and tl.s1[vmid] != 0:
             wc_flush_s1(vmid, tl.wc_tag[cpu])
-            g[G_S1_ENTRIES] += tlb_invalidate(vmid, U(0), U(0), tl.key[cpu], tl.off, tl.sets,
-                                              tl.ways, tl.sizes)
+            n1, _ = tlb_invalidate_s12(vmid, U(lo), U(lo + page), tl.key[cpu], tl.off,
+                                       tl.sets, tl.ways)
+            g[G_S1_ENTRIES] += n1
             g[G_S1_FLUSHES] += 1
         else:
             tlb_invalidate(vmid, U(lo), U(lo + page), tl.key[cpu], tl.off, tl.sets, tl.ways,

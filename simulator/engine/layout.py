@@ -25,8 +25,9 @@ Sched = namedtuple("Sched", "g st ec tc ht hs hc lk lq cs cq win sig")
 # the CPUs' translation hardware: each CPU's TLB rows (key, LRU stamp, output address,
 # permissions) and walk cache, the TLB geometry they share, each CPU's LRU clock
 # and, per VMID, 1 when its guest has a stage-1 (its entries are combined VA -> PA ones)
+# and the stage-2 entry sizes each level caches for nested walks (tlb.s2c_probe)
 Tlbs = namedtuple("Tlbs", "key stamp pa perm off sets ways lat sizes serves lay wc_tag wc_row "
-                          "wc_stamp clock s1")
+                          "wc_stamp clock s1 s2sizes")
 # one table memory: rows, refcounts, free stack, meta (M_*), and its hyp-pool store
 Mem = namedtuple("Mem", "tables refcnt free meta hy")
 # per context: its current chunk of accesses, run_batch's costs, MMU counters and fault record
@@ -140,6 +141,7 @@ ERR_ENOMEM = 4  # no page-table memory, repeatedly
 ERR_HYP_BUG = 5  # a hyp pool BUG()ged (G_ERR_IPA: the pool, p << 8 | BUG_*)
 ERR_HOST_ENOMEM = 6  # the host stage-2 is out of memory even after recycling MMIO
 ERR_GUEST_OOM = 7  # the guest's stage-1 fault handler found no guest memory left
+ERR_VA_RANGE = 8  # an access beyond the guest stage-1's VA size
 
 GROW_MARGIN = 64  # free table pages guaranteed before every step (a fault needs at most 4)
 

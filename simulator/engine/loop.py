@@ -67,6 +67,7 @@ from simulator.engine.layout import (
     E_SCHED_WAIT,
     E_SPURIOUS,
     ERR_GUEST_OOM,
+    ERR_VA_RANGE,
     ERR_HOST_ENOMEM,
     ERR_HYP_BUG,
     ERR_OUTSIDE,
@@ -217,7 +218,7 @@ from simulator.mmu.batch import (
     FR_STATUS,
     run_batch,
 )
-from simulator.mmu.walk import S1_PS, W_CONFLICT, W_PERMISSION
+from simulator.mmu.walk import S1_PS, S1_VA_BITS, W_CONFLICT, W_PERMISSION
 
 U = np.uint64
 # int64 (not literal) arguments: a literal int would compile the callee once more per value
@@ -250,7 +251,7 @@ def advance(horizon, md, sc, tl, mems, sm, wk):
     pr, fp, vmt, slots, chunks, block_levels, rbprog = md
     g, st, ec, tc, ht, hs, hc, lk, lq, cs, cq, win, sig = sc
     (key2, stamp2, tpa2, tperm2, off, sets, ways, lat, sizes, serves, lay, wc_tag3, wc_row3,
-     wc_stamp3, clock2, _) = tl
+     wc_stamp3, clock2, _, s2sizes) = tl
     addrs2, kinds2, costs, ctr2, fault2 = sm
     stats, rep, tlog, stk, dirty, owner, loc, hw, hreg, rm, touch, s1t, s1p, s1out = wk
     ps = pr[P_PAGE_SHIFT]
@@ -319,7 +320,7 @@ def advance(horizon, md, sc, tl, mems, sm, wk):
                     vmt[v, V_IA_BITS], key2[cpu], stamp2[cpu], tpa2[cpu], tperm2[cpu], off, sets,
                     ways, lat, sizes, serves, lay, wc_tag3[cpu], wc_row3[cpu], wc_stamp3[cpu],
                     clock2[cpu], costs, ctr2[c], fault2[c], owner, pr[P_OWNER_BASE],
-                    vmt[v, V_OWNER], vmt[v, V_S1], s1t, s1p)
+                    vmt[v, V_OWNER], vmt[v, V_S1], s1t, s1p, s2sizes)
                 st[c, S_POS] = i
                 st[c, S_BEFORE] = before
                 st[c, S_STATUS] = status
@@ -364,17 +365,6 @@ def advance(horizon, md, sc, tl, mems, sm, wk):
                     # a stage-1 fault: the guest's own page-fault handler, no exit
                     st[c, S_STATE] = ST_GUEST_FAULT
                     continue
-                if f[FR_STATUS] == W_CONFLICT:
-                    # a TLB conflict abort: this CPU's TLB is flushed for the VMID; the access
-                    # is replayed (no lock, no page-table work)
-                    ec[c, E_CONFLICT] += 1
-                    tc[c, E_CONFLICT] = 1
-                    invalidate_cpu(cpu, vmt[v, V_VMID], I0, I0, ps, tl, g)
-                    count_s1_flush(vmt[v, V_VMID], tl, g)
-                    st[c, S_DEBT] += pr[P_CONFLICT]
-                    if st[c, S_HELD] != 0:
-                        _yield_cpu(c, now, pr, st, cs, cq, ht, hs, hc, g)
-                    continue
                 if vmt[v, V_KIND] == VM_HOST:
                     # handle_host_mem_abort(): entry, then the host lock
                     st[c, S_LOCK] = vmt[v, V_LOCK]
@@ -392,6 +382,17 @@ def advance(horizon, md, sc, tl, mems, sm, wk):
                     g[G_ERR_CTX] = c
                     g[G_ERR_IPA] = ipa
                     return RET_ERROR
+                if f[FR_STATUS] == W_CONFLICT:
+                    # a TLB conflict abort: this CPU's TLB is flushed for the VMID; the access
+                    # is replayed (no lock, no page-table work)
+                    ec[c, E_CONFLICT] += 1
+                    tc[c, E_CONFLICT] = 1
+                    invalidate_cpu(cpu, vmt[v, V_VMID], I0, I0, ps, tl, g)
+                    count_s1_flush(vmt[v, V_VMID], tl, g)
+                    st[c, S_DEBT] += pr[P_CONFLICT]
+                    if st[c, S_HELD] != 0:
+                        _yield_cpu(c, now, pr, st, cs, cq, ht, hs, hc, g)
+                    continue
                 for k in range(g[G_NWIN]):
                     if win[k, 0] == v and win[k, 1] <= ipa < win[k, 2]:
                         ec[c, E_IN_WINDOW] += 1
@@ -402,6 +403,12 @@ def advance(horizon, md, sc, tl, mems, sm, wk):
                 push(ht, hs, hc, g, now + vmt[v, V_ENTRY], c)
                 break
             if s == ST_GUEST_FAULT:
+                if (st[c, S_IPA] >> s1p[S1_VA_BITS]) != 0:
+                    # beyond TTBR0's range (the guest would kill the process)
+                    g[G_ERR] = ERR_VA_RANGE
+                    g[G_ERR_CTX] = c
+                    g[G_ERR_IPA] = st[c, S_IPA]
+                    return RET_ERROR
                 if s1p[G1_ROWS] + 4 > s1t.shape[0]:  # room for the tables it may allocate
                     g[G_CALL] = CALL_S1_GROW
                     g[G_CALL_CTX] = c

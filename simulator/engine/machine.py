@@ -159,7 +159,8 @@ class Machine:
         for lv in cfg.tlb.levels:
             sizes = lv.page_sizes or cfg.tlb_entry_sizes()
             specs.append(TLBLevelSpec(lv.name, lv.sets, lv.ways, lv.latency, (), lv.serves,
-                                      tuple(s.bit_length() - 1 for s in sizes)))
+                                      tuple(s.bit_length() - 1 for s in sizes),
+                                      tuple(s.bit_length() - 1 for s in lv.stage2_sizes)))
         return TLBHierarchy(specs, cfg.geometry.page_shift)
 
     def add_cpu(self, shared: bool = False) -> Cpu:
@@ -309,6 +310,7 @@ class Machine:
             cpu.clock = self.clock[i]
         t0 = cpus[0].tlb
         self.tlb_geom = (t0.off, t0.sets, t0.ways, t0.latency, t0.sizes, t0.serves)
+        self.tlb_s2sizes = t0.s2sizes
         from simulator.mmu.batch import batch_layout
 
         self.layout = batch_layout(t0.sets, t0.sizes, t0.serves)
@@ -506,7 +508,7 @@ class Machine:
         off, sets, ways, lat, sizes, serves = self.tlb_geom
         return L.Tlbs(self.tlb_key, self.tlb_stamp, self.tlb_pa, self.tlb_perm, off, sets, ways,
                       lat, sizes, serves, self.layout, self.wc_tag, self.wc_row, self.wc_stamp,
-                      self.clock, self.s1vmid)
+                      self.clock, self.s1vmid, self.tlb_s2sizes)
 
     def _serve(self, call: int, c: int) -> None:
         """Serve a call-out for context ``c``; the context then resumes at once."""
@@ -565,6 +567,10 @@ class Machine:
                 "workload", f"vCPU {ctx.index} accessed IPA {ipa:#x}, outside guest memory "
                 f"({', '.join(f'[{b:#x}, {b + s:#x})' for b, s in ctx.vm.slots)}); "
                 "set guest.placement: first_touch to place trace addresses in guest memory")
+        if err == L.ERR_VA_RANGE:
+            raise SimulationError(
+                "workload", f"{ctx.label} accessed VA {ipa:#x}, beyond the guest's "
+                f"{self.cfg.guest.stage1.va_bits}-bit VA space (guest.stage1.va_bits)")
         if err == L.ERR_GUEST_OOM:
             raise SimulationError(
                 "guest.memory", f"{ctx.label}: the guest is out of memory mapping VA {ipa:#x} "

@@ -15,9 +15,11 @@ never cross: when they would, the guest is out of memory (the run stops with an 
 
 The handler is compiled and called by the engine (:func:`s1_fault`); the guest's zeroing of
 the pages it allocates is charged as time (``costs.zero_bytes_per_cycle``), not issued as
-accesses: the stage-2 faults those stores would take are taken instead by the walk (S1PTW,
-for table pages) and by the access itself (for data pages), one per stage-2 mapping either
-way.
+accesses. The stage-2 faults those stores would take are taken later, by the walk (S1PTW,
+for table pages) or the access (for data) that first touches each stage-2 mapping: a THP
+guest over 4K stage-2 pages takes one per page it uses, not 512 when it zeroes the block,
+and under dirty logging a page first read after it was zeroed is mapped read-only (the
+zeroing would have been a write).
 """
 
 from __future__ import annotations
@@ -144,7 +146,9 @@ class GuestStage1:
         p[S1_START] = g.start_level
         p[S1_VA_BITS] = g.va_bits
         top_base, top_size = max(slots)
-        p[S1_TOP] = top_base + top_size - g.entries * 8  # the top-level table's page
+        page = g.entries * 8
+        # the top-level table's page: the highest stage-1 page of the highest memslot
+        p[S1_TOP] = ((top_base + top_size) & ~(page - 1)) - page
         p[S1_ROOT] = p[S1_TOP]
         p[S1_CONT3] = g.cont_shift(3)
         p[S1_CONT2] = g.cont_shift(2)

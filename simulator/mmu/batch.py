@@ -48,6 +48,7 @@ from simulator.mmu.walk import (
     W_CONFLICT,
     W_OK,
     W_PERMISSION,
+    PERM_NOCACHE,
     nested_walk,
     s1_ipa_of,
     walk,
@@ -82,7 +83,8 @@ C_S1_REFS = 17
 C_S1_WC_HITS = 18
 C_S1_FAULTS = 19
 C_S1PTW = 20
-C_TLB = 21  # + 2 * tlb level: hits; + 2 * tlb level + 1: misses
+C_S2C_HITS = 21  # stage-2 translations of nested walks served by a cached stage-2 entry
+C_TLB = 22  # + 2 * tlb level: hits; + 2 * tlb level + 1: misses
 N_COUNTERS = C_TLB + 2 * MAX_TLB_LEVELS
 
 # cost slots (cycles)
@@ -138,7 +140,7 @@ batch_layout = tlb_layout
 def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shift, root_row,
               start_level, ia_bits, key, stamp, tpa, tperm, off, sets, ways, lat, sizes, serves,
               lay, wc_tag, wc_row, wc_stamp, clock, costs, ctr, fault, owner, owner_base, me,
-              nested, s1t, s1p):
+              nested, s1t, s1p, s2sizes):
     """Run accesses ``start .. stop`` until ``budget`` cycles are used or one faults.
 
     addrs (uint64), kinds (uint8: READ/WRITE/FETCH): the access stream.
@@ -155,7 +157,9 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
     marked shared (0x80 | borrower) is open to the host (me == 0) and to its borrower.
     nested, s1t, s1p: with ``nested`` non-zero the addresses are VAs of the guest stage-1
     in s1t/s1p (walk.nested_walk): TLB entries are combined VA -> PA ones, a miss walks both
-    stages, and a stage-1 fault is reported with FR_STAGE 1 for the guest's handler.
+    stages, and a stage-1 fault is reported with FR_STAGE 1 for the guest's handler;
+    s2sizes: per TLB level, the stage-2 (IPA -> PA) entry sizes it also caches for the nested
+    walk (tlb.s2c_probe).
     Returns (index of the next access to run, cycles used, B_DONE or B_FAULT).
 
     The TLB probe, the fill and the walk are tlb_probe(), tlb_insert() and walk(), inlined
@@ -193,7 +197,7 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
         a = addrs[i]
         kind = kinds[i]
         cls = 1 if kind == FETCH else 0
-        now += 1
+        now += 16  # an access's stamps: now, and now + 1 .. 15 for a nested walk's
         cyc = base_cost
         if cls == 0:
             le = last_e0
@@ -238,17 +242,20 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
                 shift = np.int64((key[e] >> U(40)) & U(63))
                 pa = tpa[e]
                 nfill = hit
+                fill_now = now
             elif nested != 0:
                 # ---- the nested walk: stage-1 over stage-2 ----
                 n_walks += 1
-                (wst, stage, level, pte, r1, r2, nh, s1hit, shift, pa,
-                 fipa, s1ptw) = nested_walk(a, vmid, tables, base_pa, page_shift, root_row,
-                                            start_level, ia_bits, wc_tag, wc_row, wc_stamp,
-                                            now << 4, s1t, s1p)
+                (wst, stage, level, pte, r1, r2, nh, s1hit, shift, pa, fipa, s1ptw, perm,
+                 s2h, s2cyc) = nested_walk(a, vmid, tables, base_pa, page_shift, root_row,
+                                           start_level, ia_bits, wc_tag, wc_row, wc_stamp,
+                                           now + 1, s1t, s1p, key, stamp, tpa, tperm, off,
+                                           sets, ways, lat, s2sizes)
                 n_wc += nh
-                cyc += nh * costs[K_WC_HIT]
+                cyc += nh * costs[K_WC_HIT] + s2cyc
                 if s1hit >= 0:
                     ctr[C_S1_WC_HITS] += 1
+                ctr[C_S2C_HITS] += s2h
                 n_refs += r1 + r2
                 ctr[C_S1_REFS] += r1
                 cyc += (r1 + r2) * ref_cost
@@ -269,15 +276,10 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
                     cycles += cyc
                     status = B_FAULT
                     break
-                perm = level << PERM_LEVEL_SHIFT
-                if (pte & U(1 << 6)) != U(0):
-                    perm |= PERM_R
-                if (pte & U(1 << 7)) != U(0):
-                    perm |= PERM_W
-                if (pte & U(1 << 54)) == U(0):
-                    perm |= PERM_X
-                nfill = nlev if (level == 3 or (pte & U(1 << 16)) == U(0)) else 0
+                nfill = 0 if perm & PERM_NOCACHE else nlev
+                perm &= ~PERM_NOCACHE
                 e = -1
+                fill_now = now + 15  # after the stage-2 translations' stamps
             else:
                 # ---- the stage-2 walk ----
                 n_walks += 1
@@ -286,7 +288,7 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
                                   root_row, start_level, ia_bits)
                 wst, level, pte, refs, wc_hit, shift = walk(
                     a, vmid, tables, base_pa, page_shift, root_row, start_level, ia_bits,
-                    wc_tag, wc_row, wc_stamp, now << 4)
+                    wc_tag, wc_row, wc_stamp, now)
                 if wc_hit >= 0:
                     n_wc += 1
                     cyc += costs[K_WC_HIT]
@@ -316,12 +318,13 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
                 # an nT block is never cached
                 nfill = nlev if (level == 3 or (pte & U(1 << 16)) == U(0)) else 0
                 e = -1
+                fill_now = now
             # ---- fill the levels above the hit, or all after a walk ----
             for lv in range(nfill):
                 if (serves[lv] >> cls) & 1 == 0:
                     continue
                 v = tlb_insert(lv, a, vtag, shift, pa, perm, key, stamp, tpa, tperm, off, sets,
-                               ways, lay, now)
+                               ways, lay, fill_now)
                 if lv == flv and v >= 0:
                     e = v
             # remember the class's first-level entry now holding this translation, when it
@@ -380,7 +383,7 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
     ctr[C_CYCLES] += cycles
     # every access tried (the clock ticks once each, the faulting one included) paid the
     # issue cost; the rest is translation
-    ctr[C_XLATE_CYCLES] += cycles - base_cost * (now - now0)
+    ctr[C_XLATE_CYCLES] += cycles - base_cost * ((now - now0) >> 4)
     return i, cycles, status
 
 
@@ -424,7 +427,7 @@ class VcpuMMU:
                          t.pa, t.perm, t.off, t.sets, t.ways, t.latency, t.sizes, t.serves,
                          self.layout, self.wc.tag, self.wc.row, self.wc.stamp, self.clock, self.costs,
                          self.ctr, self.fault, self.owner, self.owner_base, self.owner_id,
-                         int(self.s1p.shape[0] > 0), self.s1t, self.s1p)
+                         int(self.s1p.shape[0] > 0), self.s1t, self.s1p, t.s2sizes)
 
     def counters(self) -> dict[str, int]:
         """The counters as a flat dotted dict (TLB levels by name)."""
@@ -451,6 +454,8 @@ class VcpuMMU:
             out["walk_cache.s1_hits"] = int(c[C_S1_WC_HITS])
             out["s1.translation_faults"] = int(c[C_S1_FAULTS])
             out["faults.s1ptw"] = int(c[C_S1PTW])
+            if self.tlb.s2sizes.any():
+                out["s2_cache.hits"] = int(c[C_S2C_HITS])
         for lvl in (1, 2, 3):
             out[f"xlate.l{lvl}"] = int(c[C_XLATE + lvl])
         for i, name in enumerate(self.tlb.names):

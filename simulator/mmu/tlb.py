@@ -249,6 +249,86 @@ def tlb_invalidate(vmid, lo, hi, key, off, sets, ways, sizes):
     return removed
 
 
+# A stage-2 (IPA -> PA) entry, cached beside the combined ones for a guest with a stage-1
+# (``s2sizes[l]``: the sizes level l holds such entries of; Neoverse N1's L2 TLB holds blocks
+# only): its key has KEY_S2 set (VMIDs are 16 bits, bits 46..61).
+KEY_S2 = U(1 << 62)
+
+
+@jit(inline="always")
+def s2c_probe(ipa, vtag, key, stamp, tpa, tperm, off, sets, ways, lat, s2sizes, now):
+    """Probe the levels holding stage-2 entries, in order, each size smallest first.
+    Returns (cycles of the levels probed, the entry or -1)."""
+    cyc = 0
+    for lv in range(off.shape[0]):
+        m = s2sizes[lv]
+        if m == 0:
+            continue
+        cyc += lat[lv]
+        for shift in range(12, 63):
+            if (m >> shift) & 1 == 0:
+                continue
+            vpn = U(ipa) >> U(shift)
+            k = vtag | KEY_S2 | (U(shift) << U(40)) | vpn
+            base = off[lv] + set_index(vpn, sets[lv]) * ways[lv]
+            for w in range(ways[lv]):
+                if key[U(base + w)] == k:
+                    stamp[U(base + w)] = now
+                    return cyc, base + w
+    return cyc, -1
+
+
+@jit(inline="always")
+def s2c_fill(ipa, vtag, shift, pa, perm, key, stamp, tpa, tperm, off, sets, ways, s2sizes, now):
+    """Cache the stage-2 leaf of ``ipa`` (2**shift bytes at ``pa``) in every level holding
+    stage-2 entries of that size (no splintering); victim as tlb_insert()."""
+    for lv in range(off.shape[0]):
+        if (s2sizes[lv] >> shift) & 1 == 0:
+            continue
+        vpn = U(ipa) >> U(shift)
+        base = off[lv] + set_index(vpn, sets[lv]) * ways[lv]
+        victim = base
+        oldest = stamp[U(base)]
+        for w in range(ways[lv]):
+            e = base + w
+            if key[U(e)] == INVALID:
+                victim = e
+                break
+            if stamp[U(e)] < oldest:
+                victim = e
+                oldest = stamp[U(e)]
+        key[U(victim)] = vtag | KEY_S2 | (U(shift) << U(40)) | vpn
+        stamp[U(victim)] = now
+        tpa[U(victim)] = pa
+        tperm[U(victim)] = perm
+
+
+@jit
+def tlb_invalidate_s12(vmid, lo, hi, key, off, sets, ways):
+    """A stage-2 invalidation of a VMID whose guest has a stage-1, as KVM issues it: its
+    stage-2 entries overlapping [lo, hi) (everything when hi == 0) and, by the TLBI
+    VMALLE1IS that follows, every combined entry of the VMID. Returns (combined entries
+    removed, stage-2 entries removed)."""
+    n1 = 0
+    n2 = 0
+    for e in range(off[off.shape[0] - 1] + sets[off.shape[0] - 1] * ways[off.shape[0] - 1]):
+        k = key[e]
+        if k == INVALID or ((k >> U(46)) & U(0xFFFF)) != U(vmid):
+            continue
+        if (k & KEY_S2) == U(0):
+            key[e] = INVALID
+            n1 += 1
+            continue
+        if hi != 0:
+            shift = (k >> U(40)) & U(63)
+            v = k & U(0xFFFFFFFFFF)
+            if v < (U(lo) >> shift) or v > ((U(hi) - U(1)) >> shift):
+                continue
+        key[e] = INVALID
+        n2 += 1
+    return n1, n2
+
+
 @dataclass
 class TLBLevelSpec:
     """One TLB level: geometry, hit latency (cycles) and the entry sizes it holds: the
@@ -263,6 +343,7 @@ class TLBLevelSpec:
     leaf_levels: tuple[int, ...]
     serves: str = "all"  # "all", "data" (reads and writes) or "instruction" (fetches)
     shifts: tuple[int, ...] = ()
+    stage2_shifts: tuple[int, ...] = ()  # stage-2 (IPA -> PA) entries held, with a stage-1
 
     def held_shifts(self, page_shift: int) -> list[int]:
         """The entry sizes held, as shifts, smallest first."""
@@ -294,6 +375,8 @@ class TLBHierarchy:
         self.sizes = np.array([sum(1 << s for s in lv.held_shifts(page_shift)) for lv in levels],
                               dtype=np.int64)
         self.serves = np.array([SERVES[lv.serves] for lv in levels], dtype=np.int64)
+        self.s2sizes = np.array([sum(1 << s for s in set(lv.stage2_shifts)) for lv in levels],
+                                dtype=np.int64)
         for cls, what in ((1, "data accesses"), (2, "instruction fetches")):
             if not any(int(x) & cls for x in self.serves):
                 raise ValueError(f"no TLB level serves {what}")

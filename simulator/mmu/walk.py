@@ -30,6 +30,14 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from simulator._jit import jit
+from simulator.mmu.tlb import (
+    PERM_LEVEL_SHIFT,
+    PERM_R,
+    PERM_W,
+    PERM_X,
+    s2c_fill,
+    s2c_probe,
+)
 
 U = np.uint64
 
@@ -39,6 +47,10 @@ W_TRANSLATION = 1
 W_ACCESS_FLAG = 2
 W_PERMISSION = 3  # reported by the batch kernel after a permission check
 W_CONFLICT = 4  # TLB conflict abort: a lookup matched entries of two sizes (batch kernel)
+
+# a permission bit of no access class: the translation came from an nT block, which no TLB
+# may cache
+PERM_NOCACHE = 1 << 7
 
 # rows of the walk cache: 0..3 stage-2 levels, S1_WC_ROW + level for stage-1 levels
 S1_WC_ROW = 4
@@ -219,20 +231,26 @@ def s1_read(d, page_shift):
 
 @jit
 def nested_walk(va, vmid, tables, base_pa, page_shift, root_row, start_level, ia_bits,
-                wc_tag, wc_row, wc_stamp, now, s1t, s1p):
+                wc_tag, wc_row, wc_stamp, now, s1t, s1p, key, stamp, tpa, tperm, off, sets,
+                ways, lat, s2sizes):
     """Translate ``va`` through the guest's stage-1 (``s1t``: its table pages as rows,
     ``s1p``: S1_*) and the stage-2 (arguments as :func:`walk`), each stage-1 table's IPA
-    and the output IPA through a stage-2 walk.
+    and the output IPA through stage-2: from a cached stage-2 entry when a TLB level holds
+    one of its size (``key`` .. ``s2sizes``: the TLB, tlb.s2c_probe), else by a walk, whose
+    leaf is then cached where a level holds that size.
 
     Returns (status W_*, stage (1: the guest's stage-1, 2: KVM's stage-2), level, descriptor,
     stage-1 references, stage-2 references, walk-cache hits, the stage-1 walk-cache level
     that hit or -1, the combined entry's size shift, its output address, the IPA (the
-    faulting one for a stage-2 fault), whether a stage-2 fault was on a stage-1 walk).
+    faulting one for a stage-2 fault), whether a stage-2 fault was on a stage-1 walk, the
+    combined permissions (PERM_* | stage-2 leaf level << 4, never-cache flag in bit 7 for
+    an nT block), stage-2 cache hits, the cycles of the stage-2 cache probes).
     The combined entry is as large as the smaller of the two leaves, the stage-1 leaf
     counting as its whole contiguous run when it has the contiguous bit.
 
-    ``now`` stamps walk-cache entries; each stage-2 walk of the access advances it by one
-    (the caller spaces accesses' stamps by 16: at most 5 stage-2 walks per access).
+    ``now`` stamps walk-cache and stage-2 cache entries; each stage-2 translation of the
+    access advances it by one (the caller spaces accesses' stamps by 16: at most 5 stage-2
+    translations per access).
 
     Called, not inlined, by run_batch (only after a TLB miss): one copy of the nested walk,
     with one copy of the stage-2 walk inlined, keeps the engine's compile time down."""
@@ -240,13 +258,21 @@ def nested_walk(va, vmid, tables, base_pa, page_shift, root_row, start_level, ia
     ps1 = s1p[S1_PS]
     mask1 = U((1 << (ps1 - 3)) - 1)
     sl1 = s1p[S1_START]
+    vtag = U(vmid) << U(46)
+    use_s2c = False
+    for lv in range(s2sizes.shape[0]):
+        if s2sizes[lv] != 0:
+            use_s2c = True
     refs1 = 0
     refs2 = 0
     hits = 0
     s1hit = -1
+    s2hits = 0
+    s2cyc = 0
     d = U(0)
     if (va >> U(s1p[S1_VA_BITS])) != U(0):
-        return W_TRANSLATION, 1, sl1, d, refs1, refs2, hits, s1hit, 0, U(0), U(0), False
+        return (W_TRANSLATION, 1, sl1, d, refs1, refs2, hits, s1hit, 0, U(0), U(0), False, 0,
+                s2hits, s2cyc)
     level = sl1
     target = U(s1p[S1_ROOT])  # the IPA stage-2 translates next
     row = np.int64((U(s1p[S1_TOP]) - target) >> U(ps1))
@@ -265,43 +291,81 @@ def nested_walk(va, vmid, tables, base_pa, page_shift, root_row, start_level, ia
     shift = 0
     eff1 = 0
     leaf = False
+    pend = -1  # a stage-1 walk-cache fill waiting for its table's stage-2 translation
+    pend_shift = 0
     while True:
         if translate:
             # a stage-1 table's IPA (S1PTW) or, after the leaf, the output IPA
-            st2, l2, p2, r2, h2, sh2 = walk(target, vmid, tables, base_pa, page_shift,
-                                            root_row, start_level, ia_bits, wc_tag, wc_row,
-                                            wc_stamp, now)
-            now += 1  # the walk cache's LRU order follows the stage-2 walks of one access
-            refs2 += r2
-            if h2 >= 0:
-                hits += 1
-            if st2 != W_OK:
-                return (st2, 2, l2, p2, refs1, refs2, hits, s1hit, 0, U(0), target,
-                        not leaf)
-            if leaf:
-                pa = p2 & U(0x0000FFFFFFFFFFFF) & ~((U(1) << U(sh2)) - U(1))
+            e2 = -1
+            if use_s2c:
+                c2, e2 = s2c_probe(target, vtag, key, stamp, tpa, tperm, off, sets, ways, lat,
+                                   s2sizes, now)
+                s2cyc += c2
+            if e2 >= 0:
+                s2hits += 1
+                sh2 = np.int64((key[U(e2)] >> U(40)) & U(63))
+                leaf_pa = tpa[U(e2)]
+                perm2 = np.int64(tperm[U(e2)])
+                l2 = perm2 >> PERM_LEVEL_SHIFT
+                p2 = U(0)
+            else:
+                st2, l2, p2, r2, h2, sh2 = walk(target, vmid, tables, base_pa, page_shift,
+                                                root_row, start_level, ia_bits, wc_tag, wc_row,
+                                                wc_stamp, now)
+                refs2 += r2
+                if h2 >= 0:
+                    hits += 1
+                if st2 != W_OK:
+                    return (st2, 2, l2, p2, refs1, refs2, hits, s1hit, 0, U(0), target,
+                            not leaf, 0, s2hits, s2cyc)
+                leaf_pa = p2 & U(0x0000FFFFFFFFFFFF) & ~((U(1) << U(sh2)) - U(1))
                 if page_shift == 16:
-                    pa |= (p2 & U(0xF000)) << U(36)
+                    leaf_pa |= (p2 & U(0xF000)) << U(36)
+                perm2 = l2 << PERM_LEVEL_SHIFT
+                if (p2 & U(1 << 6)) != U(0):
+                    perm2 |= PERM_R
+                if (p2 & U(1 << 7)) != U(0):
+                    perm2 |= PERM_W
+                if (p2 & U(1 << 54)) == U(0):
+                    perm2 |= PERM_X
+                if l2 < 3 and (p2 & U(1 << 16)) != U(0):
+                    perm2 |= PERM_NOCACHE  # an nT block is never cached
+                elif use_s2c:
+                    s2c_fill(target, vtag, sh2, leaf_pa, perm2, key, stamp, tpa, tperm, off,
+                             sets, ways, s2sizes, now)
+            if pend >= 0:
+                # the next table's physical address is known now: cache it
+                wc_fill_at(S1_WC_ROW + pend, pend_shift, vmid, va, row, wc_tag, wc_row,
+                           wc_stamp, now)
+                pend = -1
+            now += 1  # LRU order follows the stage-2 translations of one access
+            if leaf:
                 comb = eff1 if eff1 < sh2 else sh2
-                pa = (pa | (target & ((U(1) << U(sh2)) - U(1)))) & ~((U(1) << U(comb)) - U(1))
-                return W_OK, 2, l2, p2, refs1, refs2, hits, s1hit, comb, pa, target, False
+                pa = (leaf_pa | (target & ((U(1) << U(sh2)) - U(1)))) \
+                    & ~((U(1) << U(comb)) - U(1))
+                return (W_OK, 2, l2, p2, refs1, refs2, hits, s1hit, comb, pa, target, False,
+                        perm2, s2hits, s2cyc)
         translate = True
         shift = (ps1 - 3) * (4 - level) + 3
         d = s1t[U(row), (va >> U(shift)) & mask1]
         refs1 += 1
         if (d & U(1)) == U(0):
-            return W_TRANSLATION, 1, level, d, refs1, refs2, hits, s1hit, 0, U(0), U(0), False
+            return (W_TRANSLATION, 1, level, d, refs1, refs2, hits, s1hit, 0, U(0), U(0), False,
+                    0, s2hits, s2cyc)
         if level < 3 and (d & U(2)) != U(0):
             target = s1_read(d, ps1)
             row = np.int64((U(s1p[S1_TOP]) - target) >> U(ps1))
-            wc_fill_at(S1_WC_ROW + level, shift, vmid, va, row, wc_tag, wc_row, wc_stamp, now)
+            pend = level
+            pend_shift = shift
             level += 1
             continue
         if (level == 3 and (d & U(2)) == U(0)) or level < (1 if ps1 == 12 else 2):
             # a reserved encoding, or a block where none may be
-            return W_TRANSLATION, 1, level, d, refs1, refs2, hits, s1hit, 0, U(0), U(0), False
+            return (W_TRANSLATION, 1, level, d, refs1, refs2, hits, s1hit, 0, U(0), U(0), False,
+                    0, s2hits, s2cyc)
         if (d & U(1 << 10)) == U(0):
-            return W_ACCESS_FLAG, 1, level, d, refs1, refs2, hits, s1hit, 0, U(0), U(0), False
+            return (W_ACCESS_FLAG, 1, level, d, refs1, refs2, hits, s1hit, 0, U(0), U(0), False,
+                    0, s2hits, s2cyc)
         size1 = U(1) << U(shift)
         target = (s1_read(d, ps1) & ~(size1 - U(1))) | (va & (size1 - U(1)))
         eff1 = shift
@@ -335,11 +399,13 @@ def s1_ipa_of(va, s1t, s1p):
 
 @jit
 def hw_nested_walk(va, vmid, tables, base_pa, page_shift, root_row, start_level, ia_bits,
-                   wc_tag, wc_row, wc_stamp, now, s1t, s1p, out):
-    """:func:`nested_walk` for the tests: ``out`` (int64[12]) receives its results in
+                   wc_tag, wc_row, wc_stamp, now, s1t, s1p, key, stamp, tpa, tperm, off, sets,
+                   ways, lat, s2sizes, out):
+    """:func:`nested_walk` for the tests: ``out`` (int64[15]) receives its results in
     order."""
     r = nested_walk(va, vmid, tables, base_pa, page_shift, root_row, start_level, ia_bits,
-                    wc_tag, wc_row, wc_stamp, now, s1t, s1p)
+                    wc_tag, wc_row, wc_stamp, now, s1t, s1p, key, stamp, tpa, tperm, off, sets,
+                    ways, lat, s2sizes)
     out[0] = r[0]
     out[1] = r[1]
     out[2] = r[2]
@@ -352,6 +418,9 @@ def hw_nested_walk(va, vmid, tables, base_pa, page_shift, root_row, start_level,
     out[9] = np.int64(r[9])
     out[10] = np.int64(r[10])
     out[11] = np.int64(r[11])
+    out[12] = r[12]
+    out[13] = r[13]
+    out[14] = r[14]
     return r[0]
 
 
