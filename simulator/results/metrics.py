@@ -75,6 +75,12 @@ def _scope_metrics(v: dict, p: str) -> dict[str, float]:
     for lvl in tlb_levels(c, p):
         out[f"{p}tlb.{lvl}.mpka"] = 1000 * c[f"{p}tlb.{lvl}.misses"] / acc if acc else math.nan
     out[p + "walks/access"] = c.get(p + "walks", 0) / acc if acc else math.nan
+    if p + "walk.s1_refs" in c:  # a guest stage-1: references per walk, per stage
+        walks = c.get(p + "walks", 0)
+        for st in ("s1", "s2"):
+            out[f"{p}walk.{st}_refs/walk"] = (c[f"{p}walk.{st}_refs"] / walks if walks
+                                              else math.nan)
+        out[p + "s1.faults"] = c.get(p + "s1.translation_faults", 0)
     if p:
         out[p + "aborts"] = c.get(p + "aborts", c.get(p + "translation_faults", 0))
     else:
@@ -92,7 +98,8 @@ def _scope_metrics(v: dict, p: str) -> dict[str, float]:
 
 def metrics(v: dict, every_scope: bool = False) -> dict[str, float]:
     """The default figures of a variant: misses per 1000 accesses per TLB level, walks per
-    access, faults (host aborts in pkvm mode), cycles per access, the leaf-level mix of
+    access (with a guest stage-1, references per walk of each stage and the stage-1
+    faults), faults (host aborts in pkvm mode), cycles per access, the leaf-level mix of
     translations and the live mappings by level, for the main scope (see :func:`scope`);
     with ``every_scope`` also for each guest of a pkvm run (``guest.<name>.tlb.l2.mpka``)."""
     c = v["counters"]
