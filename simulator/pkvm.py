@@ -59,6 +59,16 @@ class PkvmExperiment:
         for pool in [self.hs2.mem_pool, self.hs2.dev_pool, self.hyp_pool]:
             self.hs2.set_owner(pool.start_phys, pool.nr_pages << ps, OWNER_HYP)
         self.host = HostVM(m, self.hs2, self.phys, host_mem)
+        if cfg.host.stage1 is not None:
+            from simulator.guest.stage1 import HostStage1
+
+            regions = [(r.base, r.size) for r in self.phys.memory]
+            pages = HostStage1.table_pages(ps, regions)
+            try:
+                base = self.phys.keep_top(pages)
+            except ValueError as e:
+                raise SimulationError("host.stage1", str(e)) from None
+            m.set_stage1(self.host, HostStage1(cfg.host.stage1, ps, regions, base, pages))
         for _ in range(cfg.host.cpus):
             # the host task and the guest vCPUs placed there take turns on the CPU
             m.add_cpu(shared=True)

@@ -628,3 +628,78 @@ def test_stage1_config_errors(tmp_path, over, field):
     assert r.returncode == 2, r.stderr
     line = r.stderr.strip()
     assert line.startswith("error:") and "\n" not in line and field in line, line
+
+
+# ==========================================================================================
+# The pKVM host's linear map
+
+
+@pytest.mark.parametrize("linear_map", ["blocks", "pages"])
+def test_host_linear_map(linear_map):
+    from simulator.config.parts import HostStage1Config
+    from simulator.guest.stage1 import HostStage1
+
+    # a region that starts 2M + 64K into a gigabyte and ends 4K short of a 32M boundary
+    lo, size = (1 << 30) + (2 << 20) + (64 << 10), (94 << 20) - (68 << 10)
+    regions = [(lo, size), (4 << 30, 1 << 30)]
+    pages = HostStage1.table_pages(12, regions)
+    hs = HostStage1(HostStage1Config(linear_map=linear_map), 12, regions, 8 << 30, pages)
+    assert hs.tables <= pages
+    s1 = N.Stage1Regime(12, 0, 48, int(hs.s1p[S1_ROOT]), int(hs.s1p[S1_TOP]), 4, 4,
+                        lambda r, i: int(hs.s1t[r, i]))
+
+    def leaf(va):
+        """(level, contiguous) of the leaf mapping ``va``, read from the tables."""
+        level, row = 0, 0
+        while True:
+            d = int(hs.s1t[row, (va >> N.granule_shift(level, 12)) & 511])
+            if level < 3 and d & 2:
+                row, level = s1.row_of(N.pte_to_phys(d, 12)), level + 1
+                continue
+            return level, bool(d & (1 << 52)), bool(d & (1 << 7)), bool(d & (1 << 54))
+
+    rng = np.random.default_rng(1)
+    for base, sz in regions:
+        for va in [base, base + sz - 1, *rng.integers(base, base + sz, 200)]:
+            va = int(va)
+            assert N.s1_lookup(s1, va) == va  # VA = PA
+            level, cont, ro, uxn = leaf(va)
+            assert not ro and uxn  # kernel read/write, never EL0-executable
+            if linear_map == "pages":
+                assert (level, cont) == (3, False)
+    if linear_map == "blocks":
+        assert leaf(4 << 30)[:2] == (1, False)  # an aligned gigabyte: a level-1 block
+        assert leaf(lo)[:2] == (3, True)  # 64K in: 16 contiguous pages up to the 2M boundary
+        assert leaf((1 << 30) + (4 << 20))[:2] == (2, False)  # 2M blocks up to 32M
+        assert leaf((1 << 30) + (32 << 20))[:2] == (2, True)  # a 32M run: CONT_PMD
+        assert leaf(lo + size - 1)[:2] == (3, False)  # the last pages: no full run
+    # outside the regions: nothing mapped
+    assert N.s1_lookup(s1, (3 << 30)) == 0
+
+
+def test_pkvm_host_stage1_counts(tmp_path):
+    """The host's accesses go through its linear map: its table pages are S1PTW aborts
+    of the host stage-2; donations flush its stage-1 (TLBI VMALLE1IS after each
+    stage-2 TLBI of VMID 0)."""
+    import yaml
+
+    from simulator.config import Experiment
+    from simulator.experiment import run_config
+
+    cfg = {"name": "h", "machine": {"ipa_bits": 40, "pa_bits": 40}, "hyp": {"mode": "pkvm"},
+           "host": {"cpus": 1, "memory": [{"base": "1GiB", "size": "1GiB", "type": "memory"}],
+                    "workload": {"type": "uniform", "accesses": 20000, "footprint": "1GiB"},
+                    "stage1": {"linear_map": "blocks"}},
+           "tlb": {"levels": [{"name": "l1", "sets": 8, "ways": 4}]},
+           "guests": [{"name": "g", "memory": "64MiB", "vcpus": 1, "start": 0, "run": "1ms",
+                       "workload": {"type": "uniform", "accesses": 1000}}]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    c = run_config(Experiment(tmp_path / "c.yaml").variants["default"])["counters"]
+    assert c["host.walk.mem_refs"] == c["host.walk.s1_refs"] + c["host.walk.s2_refs"]
+    # one 1G block maps the whole region at stage 1 and there is no walk cache: a walk
+    # reads the root and the level-1 entry, but the two S1PTW aborts (the root's page: no
+    # stage-1 read; the level-1 table's page: the root only) stop three reads short
+    assert c["host.faults.s1ptw"] == 2
+    assert c["host.walk.s1_refs"] == 2 * c["host.walks"] - 3
+    assert c["host.s1.translation_faults"] == 0
+    assert c["tlbi.s1_flushes"] > 0 and c["isolation.violations"] == 0

@@ -58,6 +58,11 @@ MT_NORMAL = 0
 USER_RWX = U((MT_NORMAL << ATTRINDX_SHIFT) | (1 << 6) | (3 << 8) | (1 << 10) | (1 << 11)
              | (1 << 51) | (1 << 53))
 
+# The host kernel's linear map (PAGE_KERNEL): Normal memory, EL1 read/write only, inner
+# shareable, young, global, dirty, never executable at EL0 nor (data) at EL1.
+KERNEL_RW = U((MT_NORMAL << ATTRINDX_SHIFT) | (3 << 8) | (1 << 10) | (1 << 51) | (1 << 53)
+              | (1 << 54))
+
 # log2 of the contiguous run, per granule: (pages, level-2 blocks)
 CONT_SHIFTS = {12: (4, 4), 14: (7, 5), 16: (5, 5)}
 

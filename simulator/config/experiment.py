@@ -111,7 +111,7 @@ class ExperimentConfig(_Model):
         self._check_stage1()
         held = self.tlb_entry_sizes()
         for lv in self.tlb.levels:
-            if lv.stage2_sizes and self.guest.stage1 is None:
+            if lv.stage2_sizes and self.guest.stage1 is None and self.host.stage1 is None:
                 raise ValueError(f"tlb.levels.{lv.name}.stage2_sizes: stage-2 entries are "
                                  "cached apart from combined ones only with guest.stage1")
             for ps in lv.stage2_sizes:
@@ -122,7 +122,7 @@ class ExperimentConfig(_Model):
             for ps in lv.page_sizes or []:
                 if ps not in held:
                     what = ("a combined entry size (a leaf or contiguous run of either stage)"
-                            if self.guest.stage1 else
+                            if self.guest.stage1 or self.host.stage1 else
                             f"a leaf size of the {self.machine.granule} granule")
                     raise ValueError(f"tlb.levels.{lv.name}.page_sizes: {format_size(ps)} is not "
                                      f"{what}: {', '.join(format_size(s) for s in held)}")
@@ -145,10 +145,17 @@ class ExperimentConfig(_Model):
 
     def _check_stage1(self) -> None:
         s1 = self.guest.stage1
+        if self.host.stage1 is not None:
+            if self.hyp.mode != "pkvm":
+                raise ValueError("host.stage1: the pKVM host's stage-1 (kvm mode runs no "
+                                 "host CPUs)")
+            if self.host.address_space != "memory":
+                raise ValueError("host.stage1: the linear map covers memory; host accesses to "
+                                 "MMIO (address_space: mmio) go through ioremap(), not modelled")
         if self.hyp.mode == "pkvm":
             if s1 is not None or any(g.stage1 is not None for g in self.guests):
-                raise ValueError("guest.stage1: two-stage translation runs in kvm mode; pkvm "
-                                 "guests and the host translate IPAs only")
+                raise ValueError("guest.stage1: in pkvm mode only the host has a stage-1 "
+                                 "(host.stage1); its guests translate IPAs")
             return
         if s1 is None:
             return
@@ -192,12 +199,16 @@ class ExperimentConfig(_Model):
     def tlb_entry_sizes(self) -> list[int]:
         """The sizes a TLB entry can have: the stage-2 leaves, and with a guest stage-1 its
         leaves and contiguous runs too (a combined entry is the smaller of the two)."""
+        from simulator.arch.stage1 import S1Geometry
+
         sizes = set(self.geometry.leaf_sizes().values())
         s1 = self.guest.stage1
+        g1 = None
         if s1 is not None and self.hyp.mode == "kvm":
-            from simulator.arch.stage1 import S1Geometry
-
             g1 = S1Geometry.from_granule(s1.granule, s1.va_bits)
+        elif self.host.stage1 is not None and self.hyp.mode == "pkvm":
+            g1 = S1Geometry(self.geometry.page_shift, 48)
+        if g1 is not None:
             sizes |= set(g1.leaf_sizes().values())
             sizes |= {g1.cont_size(lv) for lv in (2, 3) if lv in g1.block_levels()}
         return sorted(sizes)

@@ -328,6 +328,15 @@ def _default_regions() -> list[HostRegionConfig]:
             HostRegionConfig(base=1 << 30, size=4 << 30, type="memory")]
 
 
+class HostStage1Config(_Model):
+    """The pKVM host kernel's own stage-1 over its memory: the linear map, built at boot."""
+
+    linear_map: Literal["blocks", "pages"] = Field(
+        default="blocks", description="blocks: arm64's default map_mem(), the largest blocks "
+        "that fit with the contiguous bit over aligned runs; pages: 4K pages, no contiguous "
+        "bit (rodata=full, can_set_direct_map(): NO_BLOCK_MAPPINGS | NO_CONT_MAPPINGS).")
+
+
 class HostConfig(_Model):
     memory: list[HostRegionConfig] = Field(default_factory=_default_regions, description=
                                            "Physical memory and MMIO regions of the host.")
@@ -344,6 +353,10 @@ class HostConfig(_Model):
     mmio_windows: "MmioWindowsConfig | None" = Field(
         default=None, description="Many small MMIO regions: count windows of size bytes every "
         "stride bytes from base (device BARs), in addition to host.memory.")
+    stage1: HostStage1Config | None = Field(
+        default=None, description="The host's own stage-1 (its linear map, VA = PA): host "
+        "accesses translate through it and then the host stage-2, with combined TLB entries. "
+        "None: the host's addresses are IPAs (stage-2 only).")
     sample_cycles: int = Field(default=1_000_000, ge=1000, description="Period of the "
                                "host.mappings time series, cycles.")
 

@@ -403,8 +403,9 @@ def advance(horizon, md, sc, tl, mems, sm, wk):
                 push(ht, hs, hc, g, now + vmt[v, V_ENTRY], c)
                 break
             if s == ST_GUEST_FAULT:
-                if (st[c, S_IPA] >> s1p[S1_VA_BITS]) != 0:
-                    # beyond TTBR0's range (the guest would kill the process)
+                if (st[c, S_IPA] >> s1p[S1_VA_BITS]) != 0 or vmt[v, V_KIND] == VM_HOST:
+                    # beyond TTBR0's range (the guest would kill the process), or outside the
+                    # host's linear map (built at boot, it takes no faults)
                     g[G_ERR] = ERR_VA_RANGE
                     g[G_ERR_CTX] = c
                     g[G_ERR_IPA] = st[c, S_IPA]

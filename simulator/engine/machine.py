@@ -567,6 +567,9 @@ class Machine:
                 "workload", f"vCPU {ctx.index} accessed IPA {ipa:#x}, outside guest memory "
                 f"({', '.join(f'[{b:#x}, {b + s:#x})' for b, s in ctx.vm.slots)}); "
                 "set guest.placement: first_touch to place trace addresses in guest memory")
+        if err == L.ERR_VA_RANGE and self.cfg.host.stage1 is not None:
+            raise SimulationError("host.workload", f"{ctx.label} accessed {ipa:#x}, outside the "
+                                  "host's linear map (host.stage1)")
         if err == L.ERR_VA_RANGE:
             raise SimulationError(
                 "workload", f"{ctx.label} accessed VA {ipa:#x}, beyond the guest's "

@@ -1,1 +1,2 @@
-"""The guest kernel's side of translation: its stage-1 page tables, built on demand."""
+"""The kernels' own side of translation: a guest's stage-1 page tables, built on demand by
+its fault handler, and pKVM's host kernel's linear map, built at boot."""

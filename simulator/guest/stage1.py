@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from simulator._jit import jit
-from simulator.arch.stage1 import USER_RWX, S1Geometry, s1_make_leaf, s1_make_table
+from simulator.arch.stage1 import KERNEL_RW, USER_RWX, S1Geometry, s1_make_leaf, s1_make_table
 from simulator.mmu.walk import (
     N_S1_WALK,
     S1_CONT2,
@@ -67,33 +67,11 @@ def s1_fault(va, s1t, s1p, slots, slot_off, nslot, out):
     out[1] = 0
     out[2] = 0
     ps = s1p[S1_PS]
-    entries = np.int64(1) << (ps - 3)
-    mask = entries - 1
-    top = s1p[S1_TOP]
+    mask = (np.int64(1) << (ps - 3)) - 1
     map_level = s1p[G1_LEVEL]
-    level = s1p[S1_START]
-    row = (top - s1p[S1_ROOT]) >> ps
-    while level < map_level:
-        shift = (ps - 3) * (4 - level) + 3
-        idx = (np.int64(va) >> shift) & mask
-        d = s1t[row, idx]
-        if (d & U(1)) == U(0):
-            # a new table page from the top down, above the data
-            t = top - (s1p[G1_ROWS] << ps)
-            if t < s1p[G1_FLOOR] or t < s1p[G1_DATA]:
-                return S1F_OOM
-            nrow = s1p[G1_ROWS]
-            s1p[G1_ROWS] += 1
-            s1t[nrow, :] = U(0)
-            s1t[row, idx] = s1_make_table(U(t), ps)
-            out[0] += 1
-            out[1] += 1
-            row = nrow
-        elif (d & U(2)) == U(0):
-            return S1F_SPURIOUS  # a block above: mapped already
-        else:
-            row = np.int64((U(top) - s1_read(d, ps)) >> U(ps))
-        level += 1
+    row = _table_for(va, map_level, s1t, s1p, out)
+    if row < 0:
+        return S1F_OOM if row == S1F_OOM else S1F_SPURIOUS
     shift = (ps - 3) * (4 - map_level) + 3
     n = np.int64(1)
     if s1p[G1_CONT] != 0:
@@ -113,6 +91,80 @@ def s1_fault(va, s1t, s1p, slots, slot_off, nslot, out):
     out[1] += n
     out[2] = size
     return 1
+
+
+@jit
+def _table_for(va, map_level, s1t, s1p, out):
+    """The row of the table that holds ``va``'s entry at ``map_level``, allocating the
+    missing tables on the way down (counted in out[0], their descriptors in out[1]).
+    S1F_OOM when no table page is left, -2 when a block above maps ``va``."""
+    ps = s1p[S1_PS]
+    mask = (np.int64(1) << (ps - 3)) - 1
+    top = s1p[S1_TOP]
+    level = s1p[S1_START]
+    row = (top - s1p[S1_ROOT]) >> ps
+    while level < map_level:
+        shift = (ps - 3) * (4 - level) + 3
+        idx = (np.int64(va) >> shift) & mask
+        d = s1t[row, idx]
+        if (d & U(1)) == U(0):
+            # a new table page from the top down, above the data
+            t = top - (s1p[G1_ROWS] << ps)
+            if t < s1p[G1_FLOOR] or t < s1p[G1_DATA] or s1p[G1_ROWS] >= s1t.shape[0]:
+                return S1F_OOM
+            nrow = s1p[G1_ROWS]
+            s1p[G1_ROWS] += 1
+            s1t[nrow, :] = U(0)
+            s1t[row, idx] = s1_make_table(U(t), ps)
+            out[0] += 1
+            out[1] += 1
+            row = nrow
+        elif (d & U(2)) == U(0):
+            return np.int64(-2)  # a block above: mapped already
+        else:
+            row = np.int64((U(top) - s1_read(d, ps)) >> U(ps))
+        level += 1
+    return row
+
+
+@jit
+def s1_map_linear(lo, hi, blocks, s1t, s1p, out):
+    """The host kernel's linear map of [lo, hi) at VA = PA, as arm64's map_mem() builds it
+    with __create_pgd_mapping(): with ``blocks`` the largest block whose address is aligned
+    and that fits (level 1 with the 4K granule, level 2), and the contiguous bit over each
+    aligned run of CONT_PTES pages or CONT_PMDS blocks that fits (alloc_init_cont_pte(),
+    alloc_init_cont_pmd()); without, pages only and no contiguous bit (rodata=full:
+    NO_BLOCK_MAPPINGS | NO_CONT_MAPPINGS). Returns 0, or S1F_OOM when the table rows ran
+    out (out: tables allocated, descriptors written)."""
+    ps = s1p[S1_PS]
+    mask = (np.int64(1) << (ps - 3)) - 1
+    addr = lo
+    while addr < hi:
+        level = 3
+        if blocks:
+            for lv in range(1 if ps == 12 else 2, 3):
+                if lv < s1p[S1_START]:
+                    continue
+                size = np.int64(1) << ((ps - 3) * (4 - lv) + 3)
+                if (addr & (size - 1)) == 0 and addr + size <= hi:
+                    level = lv
+                    break
+        shift = (ps - 3) * (4 - level) + 3
+        n = np.int64(1)
+        if blocks and level >= 2:
+            run = np.int64(1) << (s1p[S1_CONT3] if level == 3 else s1p[S1_CONT2])
+            if (addr & ((run << shift) - 1)) == 0 and addr + (run << shift) <= hi:
+                n = run
+        row = _table_for(addr, level, s1t, s1p, out)
+        if row < 0:
+            return S1F_OOM
+        idx0 = (addr >> shift) & mask
+        for k in range(n):
+            s1t[row, idx0 + k] = s1_make_leaf(U(addr + (k << shift)), KERNEL_RW, level, ps,
+                                              n > 1)
+        out[1] += n
+        addr += n << shift
+    return 0
 
 
 @jit
@@ -177,3 +229,53 @@ class GuestStage1:
         grown = np.zeros((2 * rows, rows and self.s1t.shape[1]), dtype=np.uint64)
         grown[:rows] = self.s1t
         self.s1t = grown
+
+
+class HostStage1:
+    """pKVM's host kernel's stage-1 over its own memory: the linear map (VA = PA; the real
+    PAGE_OFFSET is aligned far beyond any block, so the same entries result), built at boot
+    over every memory region (``host.stage1.linear_map``: ``blocks`` or ``pages``). Its
+    table pages are host memory at ``base`` (kept from donation by the caller); they are
+    IPAs the host stage-2 maps on its first walks (S1PTW aborts)."""
+
+    def __init__(self, s1cfg, page_shift: int, regions: list[tuple[int, int]], base: int,
+                 pages: int):
+        self.geom = g = S1Geometry(page_shift, 48)
+        self.s1p = np.zeros(N_S1P, dtype=np.int64)
+        p = self.s1p
+        p[S1_PS] = g.page_shift
+        p[S1_START] = g.start_level
+        p[S1_VA_BITS] = g.va_bits
+        p[S1_TOP] = base + ((pages - 1) << page_shift)
+        p[S1_ROOT] = p[S1_TOP]
+        p[S1_CONT3] = g.cont_shift(3)
+        p[S1_CONT2] = g.cont_shift(2)
+        p[G1_ROWS] = 1
+        p[G1_FLOOR] = base
+        p[G1_LEVEL] = 3
+        self.s1t = np.zeros((pages, g.entries), dtype=np.uint64)
+        out = np.zeros(3, dtype=np.int64)
+        blocks = s1cfg.linear_map == "blocks"
+        for lo, size in sorted(regions):
+            if s1_map_linear(np.int64(lo), np.int64(lo + size), blocks, self.s1t, self.s1p,
+                             out) != 0:
+                raise ValueError("the host's linear map needs more table pages than reserved")
+
+    @property
+    def tables(self) -> int:
+        return int(self.s1p[G1_ROWS])
+
+    @staticmethod
+    def table_pages(page_shift: int, regions: list[tuple[int, int]]) -> int:
+        """An upper bound of the linear map's table pages: per region and level, the tables
+        its range can touch (pages mapping: every level down to the last)."""
+        g = S1Geometry(page_shift, 48)
+        total = 1
+        for lo, size in regions:
+            for lv in range(g.start_level + 1, 4):
+                span = g.size(lv - 1)  # one table at level lv covers one entry above it
+                total += (lo + size - 1) // span - lo // span + 1
+        return total
+
+    def reserve(self) -> None:
+        raise ValueError("the host's linear map is built at boot; it takes no faults")

@@ -122,6 +122,19 @@ class HostPhys:
         self._carve_top = {**getattr(self, "_carve_top", {}), r.base: base}
         return base
 
+    def keep_top(self, pages: int) -> int:
+        """Set ``pages`` host pages aside below the carve-outs of the largest memory region:
+        the host's own (never donated; its stage-1 tables). Returns their base."""
+        r = max(self.memory, key=lambda m: (m.size, m.base))
+        top = getattr(self, "_carve_top", {}).get(r.base, r.end)
+        base = top - (pages << self.page_shift)
+        a = self.page(base)
+        if base < r.base or not (self.owner[a:a + pages] == OWNER_HOST).all():
+            raise ValueError("not enough memory for the host's stage-1 tables")
+        self.reserved[a] = pages
+        self._carve_top = {**getattr(self, "_carve_top", {}), r.base: base}
+        return base
+
     def alloc_chunks(self, count: int, chunk: int) -> list[int] | None:
         """First fit: ``count`` chunk-aligned runs of ``chunk`` bytes of donatable memory,
         lowest addresses first (None if memory is short)."""
