@@ -297,7 +297,8 @@ def test_nested_streams_match_the_reference(setup, data):
         if status == "fault":
             f = pair.ref.fault
             event(f"fault stage {f['stage']} {f['status']}{' s1ptw' if f['s1ptw'] else ''}")
-            if f["stage"] == 1 and f["status"] == "translation" and f["ipa"] >> gs.geom.va_bits == 0:
+            s1_fault_here = f["stage"] == 1 and f["status"] == "translation"
+            if s1_fault_here and f["ipa"] >> gs.geom.va_bits == 0:
                 r, _ = fault(gs, slots, f["ipa"])
                 if r == S1F_OOM:
                     nxt += 1

@@ -243,7 +243,8 @@ def advance(horizon, md, sc, tl, mems, sm, wk):
     rep/tlog/stk: walker scratch; dirty: the logging guest's dirty bitmap; key2 .. lay: the
     CPUs' TLBs (per CPU rows, shared geometry); wc_*3: walk caches; clock2: LRU clocks;
     s1 (in tl): per VMID, 1 when its guest has a stage-1; costs: run_batch's cost slots;
-    ctr2/fault2: each context's MMU counters and fault record; owner: the ownership record (pkvm; empty in kvm); loc: scratch (3 int64);
+    ctr2/fault2: each context's MMU counters and fault record; owner: the ownership record
+    (pkvm; empty in kvm); loc: scratch (3 int64);
     hys: the table memories' hyp-pool stores (tuple; empty stores without pools); hw/hreg:
     pKVM's host abort work area and regions (simulator.hyp.host); rm: the reverse map of the
     guest that keeps one (simulator.hyp.page_rmap; a dummy otherwise); s1t/s1p/s1out: the
