@@ -2,9 +2,9 @@
 nested walk and run_batch's nested mode against tests/naive.py, the stage-1 flush, and exact
 counts.
 
-The nested walk run_batch calls is walk.nested_walk (not inlined: one compiled copy);
-hw_nested_walk hands its results to the tests. The guest's fault handler is
-guest.stage1.s1_fault, the one the engine runs."""
+The nested walk is walk.nested_walk, which run_batch calls (not inlined: one compiled copy);
+the tests drive it through run_batch (VcpuMMU.run), the kernel simulations run. The guest's
+fault handler is guest.stage1.s1_fault, the one the engine runs."""
 
 from __future__ import annotations
 
@@ -38,7 +38,6 @@ from simulator.mmu.walk import (
     W_PERMISSION,
     W_TRANSLATION,
     WalkCache,
-    hw_nested_walk,
 )
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30

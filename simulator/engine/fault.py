@@ -17,6 +17,18 @@ from simulator.arch import descriptors as D
 from simulator.arch.descriptors import is_table, make_leaf
 from simulator.engine.layout import (
     E_ALLOC,
+    E_S1_BYTES,
+    E_S1_CYCLES,
+    E_S1_FAULTS,
+    E_S1_TABLES,
+    ERR_GUEST_OOM,
+    ERR_VA_RANGE,
+    FP_ZERO,
+    P_GUEST_FAULT,
+    V_KIND,
+    V_NSLOT,
+    V_SLOT_OFF,
+    VM_HOST,
     E_CMO,
     E_DIRTY,
     E_ENOMEM,
@@ -148,7 +160,8 @@ from simulator.hyp.rebuild import (
 )
 from simulator.mmu.batch import FETCH, WRITE
 from simulator.mmu.tlb import tlb_invalidate, tlb_invalidate_s12
-from simulator.mmu.walk import W_PERMISSION, wc_flush_s1, wc_invalidate
+from simulator.guest.stage1 import S1F_OOM, s1_fault
+from simulator.mmu.walk import S1_PS, S1_VA_BITS, W_PERMISSION, wc_flush_s1, wc_invalidate
 
 U = np.uint64
 # int64 (not literal) arguments: a literal int would compile the callee once more per value
@@ -581,3 +594,38 @@ def unmap_pages(ipas, v, pr, fp, vmt, g, tables, refcnt, free, meta, stat, rep, 
         acc[3] += rep[R_CMO_BYTES]
         acc[4] += rep[R_WARN]
     return total
+
+
+# ---- the guest's own stage-1 fault -------------------------------------------------------
+@jit
+def guest_fault(c, v, md, sc, wk):
+    """A stage-1 fault: the guest kernel's handler (:func:`simulator.guest.stage1.s1_fault`;
+    no exit, no KVM lock). Returns its cycles (the handler, its descriptor stores, the
+    zeroing of its new table and data pages), or -1 with G_ERR set: a VA beyond TTBR0's
+    range (the guest would kill the process), an access outside the pKVM host's linear map
+    (built at boot, it takes no faults), no guest memory left. Needs four free table rows."""
+    pr, fp, vmt, slots = md.pr, md.fp, md.vmt, md.slots
+    g, st, ec, tc = sc.g, sc.st, sc.ec, sc.tc
+    s1t, s1p, out = wk.s1t, wk.s1p, wk.s1out
+    va = st[c, S_IPA]
+    err = 0
+    if (va >> s1p[S1_VA_BITS]) != 0 or vmt[v, V_KIND] == VM_HOST:
+        err = ERR_VA_RANGE
+    elif s1_fault(va, s1t, s1p, slots, vmt[v, V_SLOT_OFF], vmt[v, V_NSLOT], out) == S1F_OOM:
+        err = ERR_GUEST_OOM
+    if err != 0:
+        g[G_ERR] = err
+        g[G_ERR_CTX] = c
+        g[G_ERR_IPA] = va
+        return -1
+    cyc = (pr[P_GUEST_FAULT] + out[1] * pr[P_C_STORE]
+           + np.int64(((out[0] << s1p[S1_PS]) + out[2]) / fp[FP_ZERO]))
+    ec[c, E_S1_FAULTS] += 1
+    ec[c, E_S1_CYCLES] += cyc
+    ec[c, E_S1_TABLES] += out[0]
+    ec[c, E_S1_BYTES] += out[2]
+    tc[c, E_S1_FAULTS] = 1
+    tc[c, E_S1_CYCLES] = 1
+    tc[c, E_S1_TABLES] = 1
+    tc[c, E_S1_BYTES] = 1
+    return cyc

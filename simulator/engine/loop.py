@@ -34,6 +34,7 @@ from simulator.engine.fault import (
     account,
     apply_tlbis,
     count_s1_flush,
+    guest_fault,
     handle,
     invalidate_cpu,
     map_fault,
@@ -54,42 +55,27 @@ from simulator.engine.layout import (
     E_ILLEGAL,
     E_IN_WINDOW,
     E_LOCK_WAIT,
-    E_MEM_BYTES,
-    E_MEM_STALL,
-    E_S1_BYTES,
-    E_S1_CYCLES,
-    E_S1_FAULTS,
-    E_S1_TABLES,
     E_SCHED_SLICES,
-    E_TOUCH,
-    E_TOUCH_CYCLES,
-    E_TOUCH_WAIT,
     E_SCHED_WAIT,
     E_SPURIOUS,
-    ERR_GUEST_OOM,
-    ERR_VA_RANGE,
     ERR_HOST_ENOMEM,
     ERR_HYP_BUG,
     ERR_OUTSIDE,
     ERR_STUCK,
     FP_BW,
-    FP_ZERO,
     G_CALL,
     G_CALL_CTX,
     G_DONE_ACC,
     G_ERR,
     G_ERR_CTX,
     G_ERR_IPA,
-    G_MEM_FREE,
     G_NWIN,
     G_PENDING,
     GROW_MARGIN,
     P_ACC_BYTES,
-    P_C_STORE,
     P_CONFLICT,
     P_EXIT,
     P_GROW,
-    P_GUEST_FAULT,
     P_HANDOFF,
     P_LOCK,
     P_MAX_CYCLES,
@@ -176,7 +162,6 @@ from simulator.engine.layout import (
     V_SLOT_OFF,
     V_START_LEVEL,
     V_TBASE,
-    V_TOUCH_COST,
     V_TOUCH_SHIFT,
     V_VMID,
     VM_HOST,
@@ -208,7 +193,8 @@ from simulator.hyp.host import (
 from simulator.hyp.page_rmap import rmap_add_leaf
 from simulator.hyp.pgtable import EAGAIN, ENOMEM, EPERM, M_HWM, M_NFREE, tables_needed
 from simulator.hyp.pools import memcache_settle, memcache_topup
-from simulator.guest.stage1 import G1_ROWS, S1F_OOM, s1_fault
+from simulator.engine.shared import first_touch, memory
+from simulator.guest.stage1 import G1_ROWS
 from simulator.mmu.batch import (
     B_FAULT,
     C_WALK_REFS,
@@ -218,7 +204,7 @@ from simulator.mmu.batch import (
     FR_STATUS,
     run_batch,
 )
-from simulator.mmu.walk import S1_PS, S1_VA_BITS, W_CONFLICT, W_PERMISSION
+from simulator.mmu.walk import W_CONFLICT, W_PERMISSION
 
 U = np.uint64
 # int64 (not literal) arguments: a literal int would compile the callee once more per value
@@ -327,7 +313,7 @@ def advance(horizon, md, sc, tl, mems, sm, wk):
                 st[c, S_STATUS] = status
                 g[G_DONE_ACC] += i - before
                 if fp[FP_BW] > 0.0:
-                    used = _memory(c, now, used, (i - before) * pr[P_ACC_BYTES]
+                    used = memory(c, now, used, (i - before) * pr[P_ACC_BYTES]
                                    + (ctr2[c, C_WALK_REFS] - refs) * pr[P_WALK_BYTES], fp, g, ec,
                                    tc)
                 used += st[c, S_DEBT]
@@ -404,42 +390,20 @@ def advance(horizon, md, sc, tl, mems, sm, wk):
                 push(ht, hs, hc, g, now + vmt[v, V_ENTRY], c)
                 break
             if s == ST_GUEST_FAULT:
-                if (st[c, S_IPA] >> s1p[S1_VA_BITS]) != 0 or vmt[v, V_KIND] == VM_HOST:
-                    # beyond TTBR0's range (the guest would kill the process), or outside the
-                    # host's linear map (built at boot, it takes no faults)
-                    g[G_ERR] = ERR_VA_RANGE
-                    g[G_ERR_CTX] = c
-                    g[G_ERR_IPA] = st[c, S_IPA]
-                    return RET_ERROR
-                if s1p[G1_ROWS] + 4 > s1t.shape[0]:  # room for the tables it may allocate
+                if wk.s1p[G1_ROWS] + 4 > wk.s1t.shape[0]:  # room for the tables it may add
                     g[G_CALL] = CALL_S1_GROW
                     g[G_CALL_CTX] = c
                     return RET_CALL
-                r = s1_fault(st[c, S_IPA], s1t, s1p, slots, vmt[v, V_SLOT_OFF],
-                             vmt[v, V_NSLOT], s1out)
-                if r == S1F_OOM:
-                    g[G_ERR] = ERR_GUEST_OOM
-                    g[G_ERR_CTX] = c
-                    g[G_ERR_IPA] = st[c, S_IPA]
+                cyc = guest_fault(c, v, md, sc, wk)
+                if cyc < 0:
                     return RET_ERROR
-                # the handler, zeroing its new table and data pages, its descriptor stores
-                cyc = (pr[P_GUEST_FAULT] + s1out[1] * pr[P_C_STORE]
-                       + np.int64(((s1out[0] << s1p[S1_PS]) + s1out[2]) / fp[FP_ZERO]))
-                ec[c, E_S1_FAULTS] += 1
-                ec[c, E_S1_CYCLES] += cyc
-                ec[c, E_S1_TABLES] += s1out[0]
-                ec[c, E_S1_BYTES] += s1out[2]
-                tc[c, E_S1_FAULTS] = 1
-                tc[c, E_S1_CYCLES] = 1
-                tc[c, E_S1_TABLES] = 1
-                tc[c, E_S1_BYTES] = 1
                 st[c, S_STATE] = ST_TOP
                 push(ht, hs, hc, g, now + cyc, c)
                 break
             if s == ST_ENTERED:
                 st[c, S_STATE] = ST_TOUCHED
                 if vmt[v, V_TOUCH_SHIFT] != 0 and st[c, S_FSTATUS] != W_PERMISSION:
-                    wait = _first_touch(c, v, now, vmt, slots, st, ec, tc, touch)
+                    wait = first_touch(c, v, now, vmt, slots, st, ec, tc, touch)
                     if wait > 0:
                         push(ht, hs, hc, g, now + wait, c)
                         break
@@ -609,49 +573,6 @@ def advance(horizon, md, sc, tl, mems, sm, wk):
             break  # ST_DONE, ST_CPU_WAIT, ST_LOCK_WAIT, ST_NEED_CHUNK: nothing to run
         if g[G_NSIG] > 0:
             return RET_SIGNAL
-
-
-@jit
-def _first_touch(c, v, now, vmt, slots, st, ec, tc, touch):
-    """A guest whose memory the VMM did not populate: gfn_to_pfn() before the MMU lock
-    allocates and zeroes the backing page (a base page, a THP or a hugetlb page) on its first
-    fault; a vCPU that faults on it meanwhile waits until it is ready (the page lock, or
-    hugetlb's fault mutex). Returns the cycles the context spends before the lock."""
-    k = st[c, S_SLOT]
-    i = slots[k, 2] + ((st[c, S_IPA] - slots[k, 0]) >> vmt[v, V_TOUCH_SHIFT])
-    ready = touch[i]
-    if ready < 0:
-        touch[i] = now + vmt[v, V_TOUCH_COST]
-        ec[c, E_TOUCH] += 1
-        ec[c, E_TOUCH_CYCLES] += vmt[v, V_TOUCH_COST]
-        tc[c, E_TOUCH] = 1
-        tc[c, E_TOUCH_CYCLES] = 1
-        return vmt[v, V_TOUCH_COST]
-    if ready > now:
-        ec[c, E_TOUCH_WAIT] += ready - now
-        tc[c, E_TOUCH_WAIT] = 1
-        return ready - now
-    return 0
-
-
-@jit
-def _memory(c, now, used, nbytes, fp, g, ec, tc):
-    """The quantum's memory traffic through the memory system all CPUs share: one server of
-    ``machine.mem_gbps``, taking quanta in the order they start (each one's bytes are
-    served after those of the quanta that started before it). The quantum lasts until its
-    bytes are served, when that is later than its own cycles. Returns its cycles."""
-    if nbytes <= 0:
-        return used
-    start = now if g[G_MEM_FREE] < now else g[G_MEM_FREE]
-    done = start + np.int64(np.ceil(nbytes / fp[FP_BW]))
-    g[G_MEM_FREE] = done
-    ec[c, E_MEM_BYTES] += nbytes
-    tc[c, E_MEM_BYTES] = 1
-    tc[c, E_MEM_STALL] = 1
-    if done - now > used:
-        ec[c, E_MEM_STALL] += done - now - used
-        return done - now
-    return used
 
 
 @jit

@@ -398,33 +398,6 @@ def s1_ipa_of(va, s1t, s1p):
 
 
 @jit
-def hw_nested_walk(va, vmid, tables, base_pa, page_shift, root_row, start_level, ia_bits,
-                   wc_tag, wc_row, wc_stamp, now, s1t, s1p, key, stamp, tpa, tperm, off, sets,
-                   ways, lat, s2sizes, out):
-    """:func:`nested_walk` for the tests: ``out`` (int64[15]) receives its results in
-    order."""
-    r = nested_walk(va, vmid, tables, base_pa, page_shift, root_row, start_level, ia_bits,
-                    wc_tag, wc_row, wc_stamp, now, s1t, s1p, key, stamp, tpa, tperm, off, sets,
-                    ways, lat, s2sizes)
-    out[0] = r[0]
-    out[1] = r[1]
-    out[2] = r[2]
-    out[3] = np.int64(r[3])
-    out[4] = r[4]
-    out[5] = r[5]
-    out[6] = r[6]
-    out[7] = r[7]
-    out[8] = r[8]
-    out[9] = np.int64(r[9])
-    out[10] = np.int64(r[10])
-    out[11] = np.int64(r[11])
-    out[12] = r[12]
-    out[13] = r[13]
-    out[14] = r[14]
-    return r[0]
-
-
-@jit
 def hw_walk(ipa, vmid, tables, base_pa, page_shift, root_row, start_level, ia_bits, wc_tag,
             wc_row, wc_stamp, now, out):
     """Translate ``ipa`` through the stage-2 rooted at ``root_row``: :func:`walk`.
