@@ -159,18 +159,8 @@ class ExperimentConfig(_Model):
             return
         if s1 is None:
             return
-        from simulator.arch.stage1 import S1Geometry
-
-        g1 = S1Geometry.from_granule(s1.granule, s1.va_bits)
-        if s1.mapping not in ("thp", "largest") and \
-                parse_size(s1.mapping) not in g1.leaf_sizes().values():
-            sizes = ", ".join(format_size(x) for x in g1.leaf_sizes().values())
-            raise ValueError(f"guest.stage1.mapping: {s1.mapping} is not a stage-1 leaf size of "
-                             f"the {s1.granule} granule with {s1.va_bits}-bit VAs ({sizes})")
-        if s1.mapping == "thp" and 2 not in g1.block_levels():
-            raise ValueError("guest.stage1.mapping: thp needs level-2 blocks")
-        level = (2 if s1.mapping == "thp" else g1.block_levels()[0] if s1.mapping == "largest"
-                 else {v: k for k, v in g1.leaf_sizes().items()}[parse_size(s1.mapping)])
+        g1 = s1.geometry()
+        level = s1.map_level()
         if s1.contiguous and level < 2:
             raise ValueError("guest.stage1.contiguous: arm64 has contiguous runs of pages "
                              "(CONT_PTE) and level-2 blocks (CONT_PMD) only, not of "
@@ -205,7 +195,7 @@ class ExperimentConfig(_Model):
         s1 = self.guest.stage1
         g1 = None
         if s1 is not None and self.hyp.mode == "kvm":
-            g1 = S1Geometry.from_granule(s1.granule, s1.va_bits)
+            g1 = s1.geometry()
         elif self.host.stage1 is not None and self.hyp.mode == "pkvm":
             g1 = S1Geometry(self.geometry.page_shift, 48)
         if g1 is not None:

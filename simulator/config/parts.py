@@ -98,6 +98,33 @@ class Stage1Config(_Model):
                              "the fault with the contiguous bit (CONT_PTES pages or CONT_PMDS "
                              "blocks: 16 x 4K or 16 x 2M with the 4K granule).")
 
+    def geometry(self):
+        """The stage-1's S1Geometry (granule and VA size)."""
+        from simulator.arch.stage1 import S1Geometry
+
+        return S1Geometry.from_granule(self.granule, self.va_bits)
+
+    def map_level(self) -> int:
+        """The level a stage-1 fault maps at; ValueError when ``mapping`` is no leaf of
+        this geometry."""
+        from simulator.arch.geometry import format_size
+        from workloads.units import parse_size
+
+        g1 = self.geometry()
+        if self.mapping == "largest":
+            return g1.block_levels()[0]
+        if self.mapping == "thp":
+            if 2 not in g1.block_levels():
+                raise ValueError("guest.stage1.mapping: thp needs level-2 blocks")
+            return 2
+        size = parse_size(self.mapping)
+        for lvl, sz in g1.leaf_sizes().items():
+            if sz == size:
+                return lvl
+        sizes = ", ".join(format_size(x) for x in g1.leaf_sizes().values())
+        raise ValueError(f"guest.stage1.mapping: {self.mapping} is not a stage-1 leaf size of "
+                         f"the {self.granule} granule with {self.va_bits}-bit VAs ({sizes})")
+
 
 class GuestConfig(_Model):
     memory: Size = Field(default=1 << 30, description="Guest memory (one memslot at IPA 0 "

@@ -167,6 +167,7 @@ U = np.uint64
 # int64 (not literal) arguments: a literal int would compile the callee once more per value
 I0 = np.int64(0)
 IM1 = np.int64(-1)
+I1 = np.int64(1)
 
 
 # ---- costs and accounting --------------------------------------------------------------------
@@ -206,17 +207,28 @@ def account(rep, ec, tc, c, g):
     return True
 
 
+@jit(inline="always")
+def two_stage(vmid, tl):
+    """Does the VMID's guest (or pKVM host) have a stage-1 (its TLB entries are combined)?"""
+    return vmid >= 0 and vmid < tl.s1.shape[0] and tl.s1[vmid] != 0
+
+
 @jit
-def invalidate_cpu(cpu, vmid, lo, hi, page_shift, tl, g):
-    """One CPU drops the VMID's walk-cache and TLB entries in [lo, hi) (0, 0: all of them);
-    returns the TLB entries removed. For a VMID whose guest has a stage-1 the TLB holds
-    combined VA -> PA entries, which no IPA names: KVM follows every stage-2 invalidation
-    with TLBI VMALLE1(IS) (__kvm_tlb_flush_vmid_ipa(), "invalidate Stage-2 for this IPA, and
-    the whole of Stage-1"), so all of the VMID's combined entries and stage-1 walk-cache
-    entries go, counted in G_S1_ENTRIES (the caller counts the flush); its cached stage-2
-    entries go by range, like IPA-keyed ones (returned)."""
-    wc_invalidate(vmid, U(lo), U(hi), page_shift, tl.wc_tag[cpu])
-    if vmid >= 0 and vmid < tl.s1.shape[0] and tl.s1[vmid] != 0:
+def invalidate_cpu(cpu, vmid, lo, hi, page_shift, tl, g, walks):
+    """One CPU drops the VMID's TLB entries in [lo, hi) (0, 0: all of them) and, with
+    ``walks`` non-zero, its stage-2 walk-cache entries there too (0: a leaf-level TLBI, as
+    after a permission relax); returns the TLB entries removed.
+
+    For a VMID whose guest has a stage-1 the TLB holds combined VA -> PA entries, which no
+    IPA names: KVM follows every stage-2 invalidation with TLBI VMALLE1(IS)
+    (__kvm_tlb_flush_vmid_ipa(), "invalidate Stage-2 for this IPA, and the whole of
+    Stage-1"; the local _nsh variant after a relax), so all of the VMID's combined entries
+    and stage-1 walk-cache entries go, counted in G_S1_ENTRIES (the caller counts the
+    flush: count_s1_flush()); its cached stage-2 entries go by range, like IPA-keyed ones
+    (returned)."""
+    if walks != 0:
+        wc_invalidate(vmid, U(lo), U(hi), page_shift, tl.wc_tag[cpu])
+    if two_stage(vmid, tl):
         wc_flush_s1(vmid, tl.wc_tag[cpu])
         n1, n2 = tlb_invalidate_s12(vmid, U(lo), U(hi), tl.key[cpu], tl.off, tl.sets, tl.ways)
         g[G_S1_ENTRIES] += n1
@@ -227,7 +239,7 @@ def invalidate_cpu(cpu, vmid, lo, hi, page_shift, tl, g):
 @jit
 def count_s1_flush(vmid, tl, g):
     """A stage-2 invalidation of a two-stage VMID also flushed its stage-1: count it."""
-    if vmid >= 0 and vmid < tl.s1.shape[0] and tl.s1[vmid] != 0:
+    if two_stage(vmid, tl):
         g[G_S1_FLUSHES] += 1
 
 
@@ -236,7 +248,7 @@ def invalidate_all(vmid, lo, hi, ps, g, tl):
     """Every CPU drops the VMID's entries in [lo, hi) (0, 0: all), counted in tlbi.entries
     (combined entries in tlbi.s1_entries)."""
     for cpu in range(tl.key.shape[0]):
-        g[G_TLBI_ENTRIES] += invalidate_cpu(cpu, vmid, lo, hi, ps, tl, g)
+        g[G_TLBI_ENTRIES] += invalidate_cpu(cpu, vmid, lo, hi, ps, tl, g, I1)
     count_s1_flush(vmid, tl, g)
 
 
@@ -362,16 +374,8 @@ def handle(c, v, cpu, now, md, sc, tl, mem, wk):
                      tlog, stk)
         # the local TLBI of that IPA's leaf (6.6+: __kvm_tlb_flush_vmid_ipa_nsh(), which
         # flushes the VMID's stage-1 too)
-        vmid = vmt[v, V_VMID]
-        if vmid < tl.s1.shape[0] and tl.s1[vmid] != 0:
-            wc_flush_s1(vmid, tl.wc_tag[cpu])
-            n1, _ = tlb_invalidate_s12(vmid, U(lo), U(lo + page), tl.key[cpu], tl.off,
-                                       tl.sets, tl.ways)
-            g[G_S1_ENTRIES] += n1
-            g[G_S1_FLUSHES] += 1
-        else:
-            tlb_invalidate(vmid, U(lo), U(lo + page), tl.key[cpu], tl.off, tl.sets, tl.ways,
-                           tl.sizes)
+        invalidate_cpu(cpu, vmt[v, V_VMID], lo, lo + page, ps, tl, g, I0)
+        count_s1_flush(vmt[v, V_VMID], tl, g)
         opc += op_cycles(rep, pr, fp) + pr[P_PERM_HANDLER] + pr[P_TLBI_IPA]
         ec[c, E_TLBI_OPS] += 1
         tc[c, E_TLBI_OPS] = 1

@@ -209,6 +209,7 @@ from simulator.mmu.walk import W_CONFLICT, W_PERMISSION
 U = np.uint64
 # int64 (not literal) arguments: a literal int would compile the callee once more per value
 I0 = np.int64(0)
+I1 = np.int64(1)
 
 
 # ---- the main loop -------------------------------------------------------------------------
@@ -374,7 +375,7 @@ def advance(horizon, md, sc, tl, mems, sm, wk):
                     # is replayed (no lock, no page-table work)
                     ec[c, E_CONFLICT] += 1
                     tc[c, E_CONFLICT] = 1
-                    invalidate_cpu(cpu, vmt[v, V_VMID], I0, I0, ps, tl, g)
+                    invalidate_cpu(cpu, vmt[v, V_VMID], I0, I0, ps, tl, g, I1)
                     count_s1_flush(vmt[v, V_VMID], tl, g)
                     st[c, S_DEBT] += pr[P_CONFLICT]
                     if st[c, S_HELD] != 0:

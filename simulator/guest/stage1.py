@@ -184,39 +184,24 @@ def _alloc_data(size, s1p, slots, slot_off, nslot):
     return -1
 
 
-class GuestStage1:
-    """A guest's stage-1: its table pages (rows, grown on demand) and parameters, built
-    from ``guest.stage1``; the root table is allocated at once."""
+class Stage1Tables:
+    """A stage-1's table pages (rows of ``s1t``: row r is the page at IPA
+    ``S1_TOP - (r << S1_PS)``, row 0 the top-level table) and its parameters ``s1p``
+    (S1_* and G1_*): what a guest's and the pKVM host's have in common."""
 
-    def __init__(self, s1cfg, slots: list[tuple[int, int]]):
-        from workloads.units import parse_size
-
-        self.geom = g = S1Geometry.from_granule(s1cfg.granule, s1cfg.va_bits)
-        self.s1p = np.zeros(N_S1P, dtype=np.int64)
-        p = self.s1p
+    def __init__(self, geom: S1Geometry, top: int, floor: int, rows: int):
+        self.geom = g = geom
+        self.s1p = p = np.zeros(N_S1P, dtype=np.int64)
         p[S1_PS] = g.page_shift
         p[S1_START] = g.start_level
         p[S1_VA_BITS] = g.va_bits
-        top_base, top_size = max(slots)
-        page = g.entries * 8
-        # the top-level table's page: the highest stage-1 page of the highest memslot
-        p[S1_TOP] = ((top_base + top_size) & ~(page - 1)) - page
-        p[S1_ROOT] = p[S1_TOP]
+        p[S1_TOP] = top
+        p[S1_ROOT] = top
         p[S1_CONT3] = g.cont_shift(3)
         p[S1_CONT2] = g.cont_shift(2)
-        p[G1_DATA] = min(slots)[0]
         p[G1_ROWS] = 1
-        p[G1_FLOOR] = top_base
-        mapping = s1cfg.mapping
-        if mapping == "largest":
-            p[G1_LEVEL] = g.block_levels()[0]
-        elif mapping == "thp":
-            p[G1_LEVEL] = 2
-        else:
-            size = parse_size(mapping)
-            p[G1_LEVEL] = {v: k for k, v in g.leaf_sizes().items()}[size]
-        p[G1_CONT] = int(s1cfg.contiguous)
-        self.s1t = np.zeros((64, g.entries), dtype=np.uint64)
+        p[G1_FLOOR] = floor
+        self.s1t = np.zeros((rows, g.entries), dtype=np.uint64)
 
     @property
     def tables(self) -> int:
@@ -224,46 +209,49 @@ class GuestStage1:
         return int(self.s1p[G1_ROWS])
 
     def reserve(self) -> None:
-        """Room for a fault's tables (call-out before s1_fault when fewer than 4 are free)."""
+        """Room for a fault's tables (the engine's call-out before s1_fault when fewer than
+        4 rows are free): twice the rows."""
         rows = self.s1t.shape[0]
-        grown = np.zeros((2 * rows, rows and self.s1t.shape[1]), dtype=np.uint64)
+        grown = np.zeros((2 * rows, self.s1t.shape[1]), dtype=np.uint64)
         grown[:rows] = self.s1t
         self.s1t = grown
 
 
-class HostStage1:
+class GuestStage1(Stage1Tables):
+    """A guest's stage-1: its table pages (rows, grown on demand) and parameters, built
+    from ``guest.stage1``; the root table is allocated at once."""
+
+    def __init__(self, s1cfg, slots: list[tuple[int, int]]):
+        g = s1cfg.geometry()
+        top_base, top_size = max(slots)
+        page = 1 << g.page_shift
+        # the top-level table's page: the highest stage-1 page of the highest memslot
+        super().__init__(g, ((top_base + top_size) & ~(page - 1)) - page, top_base, 64)
+        p = self.s1p
+        p[G1_DATA] = min(slots)[0]
+        p[G1_LEVEL] = s1cfg.map_level()
+        p[G1_CONT] = int(s1cfg.contiguous)
+
+
+class HostStage1(Stage1Tables):
     """pKVM's host kernel's stage-1 over its own memory: the linear map (VA = PA; the real
     PAGE_OFFSET is aligned far beyond any block, so the same entries result), built at boot
     over every memory region (``host.stage1.linear_map``: ``blocks`` or ``pages``). Its
     table pages are host memory at ``base`` (kept from donation by the caller); they are
-    IPAs the host stage-2 maps on its first walks (S1PTW aborts)."""
+    IPAs the host stage-2 maps on its first walks (S1PTW aborts). It takes no faults: an
+    access outside it is an error (fault.guest_fault())."""
 
     def __init__(self, s1cfg, page_shift: int, regions: list[tuple[int, int]], base: int,
                  pages: int):
-        self.geom = g = S1Geometry(page_shift, 48)
-        self.s1p = np.zeros(N_S1P, dtype=np.int64)
-        p = self.s1p
-        p[S1_PS] = g.page_shift
-        p[S1_START] = g.start_level
-        p[S1_VA_BITS] = g.va_bits
-        p[S1_TOP] = base + ((pages - 1) << page_shift)
-        p[S1_ROOT] = p[S1_TOP]
-        p[S1_CONT3] = g.cont_shift(3)
-        p[S1_CONT2] = g.cont_shift(2)
-        p[G1_ROWS] = 1
-        p[G1_FLOOR] = base
-        p[G1_LEVEL] = 3
-        self.s1t = np.zeros((pages, g.entries), dtype=np.uint64)
+        super().__init__(S1Geometry(page_shift, 48), base + ((pages - 1) << page_shift), base,
+                         pages)
+        self.s1p[G1_LEVEL] = 3
         out = np.zeros(3, dtype=np.int64)
         blocks = s1cfg.linear_map == "blocks"
         for lo, size in sorted(regions):
             if s1_map_linear(np.int64(lo), np.int64(lo + size), blocks, self.s1t, self.s1p,
                              out) != 0:
                 raise ValueError("the host's linear map needs more table pages than reserved")
-
-    @property
-    def tables(self) -> int:
-        return int(self.s1p[G1_ROWS])
 
     @staticmethod
     def table_pages(page_shift: int, regions: list[tuple[int, int]]) -> int:
@@ -276,6 +264,3 @@ class HostStage1:
                 span = g.size(lv - 1)  # one table at level lv covers one entry above it
                 total += (lo + size - 1) // span - lo // span + 1
         return total
-
-    def reserve(self) -> None:
-        raise ValueError("the host's linear map is built at boot; it takes no faults")

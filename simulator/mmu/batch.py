@@ -49,6 +49,7 @@ from simulator.mmu.walk import (
     W_OK,
     W_PERMISSION,
     PERM_NOCACHE,
+    leaf_output,
     nested_walk,
     s1_ipa_of,
     walk,
@@ -176,7 +177,6 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
     n_wc = 0
     n_owned = owner.shape[0]
     n_violations = 0
-    oa_mask = U(0x0000FFFFFFFFFFFF) & ~((U(1) << U(page_shift)) - U(1))
     vtag = U(vmid) << U(46)
     # An access in the region of the entry of the class's first level used last by its
     # class, when the entry has that level's first-probed size and still holds the same
@@ -304,19 +304,10 @@ def run_batch(addrs, kinds, start, stop, budget, vmid, tables, base_pa, page_shi
                     cycles += cyc
                     status = B_FAULT
                     break
-                # a block's output address: bits below the block size (nT) are not OA
-                pa = pte & oa_mask & ~((U(1) << U(shift)) - U(1))
-                if page_shift == 16:
-                    pa |= (pte & U(0xF000)) << U(36)
-                perm = level << PERM_LEVEL_SHIFT
-                if (pte & U(1 << 6)) != U(0):
-                    perm |= PERM_R
-                if (pte & U(1 << 7)) != U(0):
-                    perm |= PERM_W
-                if (pte & U(1 << 54)) == U(0):
-                    perm |= PERM_X
+                pa, perm = leaf_output(pte, level, shift, page_shift)
                 # an nT block is never cached
-                nfill = nlev if (level == 3 or (pte & U(1 << 16)) == U(0)) else 0
+                nfill = 0 if perm & PERM_NOCACHE else nlev
+                perm &= ~PERM_NOCACHE
                 e = -1
                 fill_now = now
             # ---- fill the levels above the hit, or all after a walk ----

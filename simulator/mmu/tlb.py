@@ -138,12 +138,27 @@ def tlb_probe(lv, ipa, vtag, key, stamp, off, sets, ways, lay, now, conflict_che
 
 
 @jit(inline="always")
+def tlb_victim(base, nways, key, stamp):
+    """The entry of the set from ``base`` a fill takes: the first empty way, else the least
+    recently used."""
+    victim = base
+    oldest = stamp[U(base)]
+    for w in range(nways):
+        e = base + w
+        if key[U(e)] == INVALID:
+            return e
+        if stamp[U(e)] < oldest:
+            victim = e
+            oldest = stamp[U(e)]
+    return victim
+
+
+@jit(inline="always")
 def tlb_insert(lv, ipa, vtag, shift, pa, perm, key, stamp, tpa, tperm, off, sets, ways, lay,
                now):
     """Insert the translation of ``ipa`` (a leaf of ``2**shift`` bytes at output ``pa``)
-    into level ``lv``, splintered to the largest size the level holds that fits. Victim: the
-    first empty way, else the least recently used. Returns the entry or -1 (the level holds
-    no size that small).
+    into level ``lv``, splintered to the largest size the level holds that fits. Victim:
+    tlb_victim(). Returns the entry or -1 (the level holds no size that small).
 
     This is the fill run_batch() runs (inlined there) and tlb_fill() exposes."""
     fill_shift = lay[L_FILL_AT + lv * MAX_SHIFT + shift]
@@ -153,17 +168,7 @@ def tlb_insert(lv, ipa, vtag, shift, pa, perm, key, stamp, tpa, tperm, off, sets
     if fill_shift < shift:
         fpa += (ipa & ((U(1) << U(shift)) - U(1))) & ~((U(1) << U(fill_shift)) - U(1))
     vpn = ipa >> U(fill_shift)
-    base = tlb_set(vpn, lv, off, sets, ways, lay)
-    victim = base
-    oldest = stamp[U(base)]
-    for w in range(ways[lv]):
-        e = base + w
-        if key[U(e)] == INVALID:
-            victim = e
-            break
-        if stamp[U(e)] < oldest:
-            victim = e
-            oldest = stamp[U(e)]
+    victim = tlb_victim(tlb_set(vpn, lv, off, sets, ways, lay), ways[lv], key, stamp)
     key[U(victim)] = vtag | (U(fill_shift) << U(40)) | vpn
     stamp[U(victim)] = now
     tpa[U(victim)] = fpa
@@ -281,22 +286,13 @@ def s2c_probe(ipa, vtag, key, stamp, tpa, tperm, off, sets, ways, lat, s2sizes, 
 @jit(inline="always")
 def s2c_fill(ipa, vtag, shift, pa, perm, key, stamp, tpa, tperm, off, sets, ways, s2sizes, now):
     """Cache the stage-2 leaf of ``ipa`` (2**shift bytes at ``pa``) in every level holding
-    stage-2 entries of that size (no splintering); victim as tlb_insert()."""
+    stage-2 entries of that size (no splintering; the victim: tlb_victim())."""
     for lv in range(off.shape[0]):
         if (s2sizes[lv] >> shift) & 1 == 0:
             continue
         vpn = U(ipa) >> U(shift)
-        base = off[lv] + set_index(vpn, sets[lv]) * ways[lv]
-        victim = base
-        oldest = stamp[U(base)]
-        for w in range(ways[lv]):
-            e = base + w
-            if key[U(e)] == INVALID:
-                victim = e
-                break
-            if stamp[U(e)] < oldest:
-                victim = e
-                oldest = stamp[U(e)]
+        victim = tlb_victim(off[lv] + set_index(vpn, sets[lv]) * ways[lv], ways[lv], key,
+                            stamp)
         key[U(victim)] = vtag | KEY_S2 | (U(shift) << U(40)) | vpn
         stamp[U(victim)] = now
         tpa[U(victim)] = pa

@@ -220,6 +220,26 @@ def walk(ipa, vmid, tables, base_pa, page_shift, root_row, start_level, ia_bits,
 
 
 @jit(inline="always")
+def leaf_output(pte, level, shift, page_shift):
+    """A stage-2 leaf's translation: its output address (bits below the block size, nT
+    included, are not OA; 64K: PA[51:48] in bits 15:12) and its permissions (PERM_* |
+    level << PERM_LEVEL_SHIFT, and PERM_NOCACHE for an nT block, which no TLB may cache)."""
+    pa = pte & U(0x0000FFFFFFFFFFFF) & ~((U(1) << U(shift)) - U(1))
+    if page_shift == 16:
+        pa |= (pte & U(0xF000)) << U(36)
+    perm = level << PERM_LEVEL_SHIFT
+    if (pte & U(1 << 6)) != U(0):
+        perm |= PERM_R
+    if (pte & U(1 << 7)) != U(0):
+        perm |= PERM_W
+    if (pte & U(1 << 54)) == U(0):
+        perm |= PERM_X
+    if level < 3 and (pte & U(1 << 16)) != U(0):
+        perm |= PERM_NOCACHE
+    return pa, perm
+
+
+@jit(inline="always")
 def s1_read(d, page_shift):
     """The output address (an IPA) of stage-1 descriptor ``d`` (64K: IPA[51:48] in bits
     15:12)."""
@@ -318,19 +338,8 @@ def nested_walk(va, vmid, tables, base_pa, page_shift, root_row, start_level, ia
                 if st2 != W_OK:
                     return (st2, 2, l2, p2, refs1, refs2, hits, s1hit, 0, U(0), target,
                             not leaf, 0, s2hits, s2cyc)
-                leaf_pa = p2 & U(0x0000FFFFFFFFFFFF) & ~((U(1) << U(sh2)) - U(1))
-                if page_shift == 16:
-                    leaf_pa |= (p2 & U(0xF000)) << U(36)
-                perm2 = l2 << PERM_LEVEL_SHIFT
-                if (p2 & U(1 << 6)) != U(0):
-                    perm2 |= PERM_R
-                if (p2 & U(1 << 7)) != U(0):
-                    perm2 |= PERM_W
-                if (p2 & U(1 << 54)) == U(0):
-                    perm2 |= PERM_X
-                if l2 < 3 and (p2 & U(1 << 16)) != U(0):
-                    perm2 |= PERM_NOCACHE  # an nT block is never cached
-                elif use_s2c:
+                leaf_pa, perm2 = leaf_output(p2, l2, sh2, page_shift)
+                if use_s2c and (perm2 & PERM_NOCACHE) == 0:
                     s2c_fill(target, vtag, sh2, leaf_pa, perm2, key, stamp, tpa, tperm, off,
                              sets, ways, s2sizes, now)
             if pend >= 0:
