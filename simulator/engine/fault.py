@@ -321,7 +321,7 @@ def _locate(tables, vmt, v, ps, ipa, level, out):
         lvl += 1
 
 
-@jit
+@jit(inline="always")
 def handle(c, v, cpu, now, md, sc, tl, mem, wk):
     """user_mem_abort() under the MMU lock, up to its page-table operation. Returns 0 when
     the work is done (S_OPC holds its cycles), 1 when a map of (S_START, S_SIZE) follows, 2
@@ -435,7 +435,7 @@ def _attr(c, v, start, pr, vmt, st):
     return attr
 
 
-@jit
+@jit(inline="always")
 def map_fault(c, v, md, sc, tl, mem, wk):
     """kvm_pgtable_stage2_map() of (S_START, S_SIZE) for a fault; False on an error."""
     pr, fp, vmt, chunks = md.pr, md.fp, md.vmt, md.chunks

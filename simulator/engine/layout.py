@@ -75,7 +75,7 @@ ST_CPU_WAIT = 3  # queued for its CPU (not in the heap)
 ST_CPU_GRANTED = 4  # given its CPU after a wait
 ST_LOCK = 5  # take lock S_LOCK (S_WRITE), then go on in state S_NEXT
 ST_LOCK_WAIT = 6  # queued on the lock (not in the heap)
-ST_LOCK_GRANTED = 7  # granted after a wait: count it, go on in state S_NEXT
+ST_LOCK_GRANTED = 7  # granted after a wait and handed over: count it, go on in state S_NEXT
 ST_ENTERED = 8  # after the fault entry: the host's first touch of the page (not populated)
 ST_HANDLE = 9  # under the lock: user_mem_abort()'s work
 ST_MAP = 10  # the map (the memcache topped up and settled when the memory is pool-backed)
@@ -94,7 +94,6 @@ ST_END = 22  # after the final debt timeout
 ST_DONE = 23
 ST_IDLE = 24  # not started
 ST_TOUCHED = 25  # the host page behind the fault is there: a missing donated chunk, or the lock
-ST_HANDED = 26  # a lock handed over after a wait: its hand-off time has passed, go on
 ST_GUEST_FAULT = 27  # a stage-1 fault: the guest's own handler (needs 4 free table rows)
 
 # ---- engine counters per context; names as results.json has them ----------------------

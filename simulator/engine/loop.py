@@ -130,7 +130,6 @@ from simulator.engine.layout import (
     ST_ENTERED,
     ST_FAULT_END,
     ST_GUEST_FAULT,
-    ST_HANDED,
     ST_HANDLE,
     ST_HOST_ABORT,
     ST_LOCK,
@@ -440,7 +439,7 @@ def advance(horizon, md, sc, tl, mems, sm, wk):
                 break
             if s == ST_DONATE_RELEASE:
                 lock_release(lk, lq, vmt[v, V_HOST_LOCK], 0, now, ht, hs, hc, g, sig, st,
-                             S_STATE, ST_LOCK_GRANTED)
+                             S_STATE, ST_LOCK_GRANTED, pr[P_HANDOFF])
                 st[c, S_LOCK] = vmt[v, V_LOCK]
                 st[c, S_WRITE] = 0
                 st[c, S_NEXT] = ST_HANDLE
@@ -454,16 +453,11 @@ def advance(horizon, md, sc, tl, mems, sm, wk):
                 st[c, S_STATE] = ST_LOCK_WAIT
                 break
             if s == ST_LOCK_GRANTED:
-                ec[c, E_LOCK_WAIT] += now - st[c, S_TACQ]
+                # granted after a wait, then handed over: the lock and the lines its holders
+                # touch came over from the last CPU (P_HANDOFF cycles, one event with the
+                # grant: lock_release schedules it); the wait is counted up to the grant
+                ec[c, E_LOCK_WAIT] += now - pr[P_HANDOFF] - st[c, S_TACQ]
                 tc[c, E_LOCK_WAIT] = 1
-                if pr[P_HANDOFF] > 0:
-                    # the lock and the lines its holders touch come over from the last CPU
-                    st[c, S_STATE] = ST_HANDED
-                    push(ht, hs, hc, g, now + pr[P_HANDOFF], c)
-                    break
-                st[c, S_STATE] = st[c, S_NEXT]
-                continue
-            if s == ST_HANDED:
                 st[c, S_STATE] = st[c, S_NEXT]
                 continue
             if s == ST_HOST_ABORT:
@@ -549,7 +543,7 @@ def advance(horizon, md, sc, tl, mems, sm, wk):
                 # the end of a fault: release, return to the guest (the exit is charged with
                 # the next quantum: the context does nothing observable meanwhile)
                 lock_release(lk, lq, vmt[v, V_LOCK], 0, now, ht, hs, hc, g, sig, st, S_STATE,
-                             ST_LOCK_GRANTED)
+                             ST_LOCK_GRANTED, pr[P_HANDOFF])
                 st[c, S_DEBT] += pr[P_EXIT]
                 ec[c, E_FAULT_CYCLES] += now - st[c, S_T0] + pr[P_EXIT]
                 tc[c, E_FAULT_CYCLES] = 1

@@ -389,7 +389,8 @@ class Machine:
     def release(self, lock: int, write: bool = False) -> None:
         """An agent releases ``lock``: waiting contexts resume now, waiting agents hear."""
         S.lock_release(self.lk, self.lq, lock, int(write), self.env.now, self.ht, self.hs,
-                       self.hc, self.g, self.sig, self.st, L.S_STATE, L.ST_LOCK_GRANTED)
+                       self.hc, self.g, self.sig, self.st, L.S_STATE, L.ST_LOCK_GRANTED,
+                       int(self.pr[L.P_HANDOFF]))
         self._signals()
         self._kick()
 

@@ -115,9 +115,10 @@ def lock_try(lk, lq, lock, who, write):
 
 
 @jit
-def lock_release(lk, lq, lock, write, now, ht, hs, hc, g, sig, st, s_state, st_granted):
+def lock_release(lk, lq, lock, write, now, ht, hs, hc, g, sig, st, s_state, st_granted, delay):
     """Release ``lock`` and grant the queue's head while it can be granted: a context is
-    scheduled now in state ``st_granted``, an agent is signalled."""
+    scheduled ``delay`` cycles from now (the lock's hand-off to its CPU) in state
+    ``st_granted``, an agent is signalled."""
     if write != 0 or lk[lock, L_EXCL] != 0:
         lk[lock, L_WRITER] = 0
     else:
@@ -137,7 +138,7 @@ def lock_release(lk, lq, lock, write, now, ht, hs, hc, g, sig, st, s_state, st_g
             lk[lock, L_READERS] += 1
         if who >= 0:
             st[who, s_state] = st_granted
-            push(ht, hs, hc, g, now, who)
+            push(ht, hs, hc, g, now + delay, who)
         else:
             signal(sig, g, SIG_AGENT_GRANT, -1 - who)
 
