@@ -473,12 +473,13 @@ class SharedFramesSpec(_Spec):
                                "page size of the granule).")
     passes: int = Field(default=1, ge=1, description="Times each vCPU goes over its pages "
                         "(the first pass faults them in).")
-    drop_by: Literal["frame", "address"] = Field(
+    drop_by: Literal["frame", "address", "reverse_address"] = Field(
         default="frame", description="How the mappings are dropped at the end: 'frame' (each "
         "frame's mappings all at once through its reverse map, as merging pages or unmapping a "
-        "host range does: hyp.rmap_drop chooses how) or 'address' (page by page in guest "
+        "host range does: hyp.rmap_drop chooses how), 'address' (page by page in guest "
         "address order, each removed from its frame's list on its own, as zapping the page "
-        "tables that hold them does).")
+        "tables that hold them does: the order the sptes were added) or 'reverse_address' "
+        "(the same, highest address first: newest spte first).")
 
     @property
     def pages(self) -> int:

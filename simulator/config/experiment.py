@@ -25,6 +25,10 @@ from simulator.config.parts import (
 from workloads.spec import WorkloadSpec
 from workloads.units import format_size, parse_size
 
+# arch/x86/kvm/mmu.c (v3.8 and today): mmu_set_spte() calls rmap_recycle(), which zaps the
+# whole list, when rmap_add() finds more sptes than this on it
+RMAP_RECYCLE_THRESHOLD = 1000
+
 # ---------------------------------------------------------------------------------------
 # the experiment
 
@@ -301,6 +305,12 @@ class ExperimentConfig(_Model):
             if w.page != geom.page_size:
                 raise ValueError(f"workload.page: {format_size(w.page)} is not the "
                                  f"{self.machine.granule} page size")
+            if w.mappings_per_frame > RMAP_RECYCLE_THRESHOLD + 1:
+                raise ValueError(
+                    f"workload.mappings_per_frame: {w.mappings_per_frame} sptes on one list: "
+                    f"mmu_set_spte() zaps a list longer than RMAP_RECYCLE_THRESHOLD "
+                    f"({RMAP_RECYCLE_THRESHOLD}) when it adds to it (rmap_recycle()), which the "
+                    f"model does not do: at most {RMAP_RECYCLE_THRESHOLD + 1}")
         if self.hyp.rmap == "none":
             return
         if self.hyp.mode != "kvm":

@@ -337,6 +337,12 @@ class HypConfig(_Model):
         "every mapping through it once the vCPUs have finished.")
     rmap_ext: int = Field(default=14, ge=2, le=64, description="PTE_LIST_EXT: sptes per "
                           "pte_list_desc (14 today, 3 in 2013).")
+    rmap_rules: Literal["v6.9", "v3.8"] = Field(
+        default="v6.9", description="The pte_list rules of the kernel the reverse map follows: "
+        "v6.9 (today's: a new spte goes into the head descriptor, which keeps counts; a hole "
+        "is refilled from the head) or v3.8 (2013, seed 004's tree: appended at the tail after "
+        "walking every full descriptor; a hole refilled from its own descriptor; no counts). "
+        "presets/linux-3.8-x86.yaml sets it with rmap_ext 3.")
     rmap_drop: Literal["one_by_one", "batch"] = Field(
         default="batch", description="Dropping all mappings of a frame: one_by_one (remove one, "
         "restart the iteration: before seed 004) or batch (clear every entry in one pass, "

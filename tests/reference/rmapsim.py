@@ -15,9 +15,10 @@ guest, the frame being the *host* frame a stage-2 leaf maps:
   frame in host address order, the frame's list dropped whole with ``hyp.rmap_drop``
   (``one_by_one``: the restart loop before seed 004; ``batch``: seed 004's one pass), then
   each of its guest pages unmapped from the stage-2 (the arm64 walker, its TLBI, its cache
-  maintenance without FWB); ``drop_by: address``: page by page in guest address order, each
-  spte taken off its frame's list by ``pte_list_remove()`` (``drop_spte()``, as zapping the
-  page tables that hold them does), then unmapped. Not what seed 004 changes: its cost is
+  maintenance without FWB); ``drop_by: address`` (``reverse_address``): page by page in
+  guest address order (highest first), each spte taken off its frame's list by
+  ``pte_list_remove()`` (``drop_spte()``, as zapping the page tables that hold them does),
+  then unmapped. Not what seed 004 changes: its cost is
   the search of the list.
 
 Counters (all in ``results.json``): ``rmap.entries_added``, ``rmap.desc_allocated``,
@@ -61,7 +62,8 @@ class RmapAgent:
         self.shared = w if w is not None and w.type == "shared_frames" else None
         frames = self.shared.frames if self.shared is not None else pages
         self.rmap = Rmap(frames, cfg.hyp.rmap_ext, sptes=1024, descs=64, cost_touch=c.rmap_touch,
-                         cost_free=c.rmap_desc_free, cost_clear=c.rmap_clear)
+                         cost_free=c.rmap_desc_free, cost_clear=c.rmap_clear,
+                         rules=cfg.hyp.rmap_rules)
         self.strategy = cfg.hyp.rmap_drop
         self.drop_by = self.shared.drop_by if self.shared is not None else "frame"
         self.frame_index: dict[int, int] = {}  # host frame number -> rmap frame
@@ -136,7 +138,7 @@ class RmapAgent:
                 unmap_cycles += s2
                 yield env.timeout(cycles + s2)
         else:
-            for gpage in sorted(self.spte_of):
+            for gpage in sorted(self.spte_of, reverse=self.drop_by == "reverse_address"):
                 ipa = gpage << self.shift
                 frame = self.frame_index[self.vm.pa_of(ipa) >> self.shift]
                 cycles = rmap.remove(frame, self.spte_of[gpage])["cycles"]

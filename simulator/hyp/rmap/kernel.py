@@ -83,6 +83,31 @@ removal costs a constant 8 touches (for a chain: rmap_get_first 2, pte_list_remo
 pte_list_desc_remove_entry 3), against about 1 + 1/ext for batch. A quadratic cost needs a
 search that walks the chain, i.e. removals in another order than the iterator's (e.g. always
 removing the last spte of the chain: each search reads every slot).
+
+**Linux 3.8's rules** (``meta[M_RULES] = RULES_V38``, seed 004's tree; read in v3.8's
+``arch/x86/kvm/mmu.c`` and seed 004's patch): ``struct pte_list_desc`` is ``{ sptes[3],
+more }`` with no counts, and the rmap head points at the *first* descriptor of the chain:
+
+* ``pte_list_add()`` walks ``while (desc->sptes[PTE_LIST_EXT-1] && desc->more)``, adds a
+  descriptor after the last one when that is full, and stores in the first NULL slot: a list
+  of n costs O(n) per add, O(n^2) to build. Its count is what the kernel computes
+  (``PTE_LIST_EXT`` per descriptor passed, plus the slots before the one used);
+* ``pte_list_remove()`` searches from the first descriptor; ``pte_list_desc_remove_entry()``
+  refills the hole from the last used slot of the *same* descriptor (scanning down from
+  slot ``PTE_LIST_EXT-1``) and frees that descriptor when it empties, unlinking it from the
+  previous one or the head. A descriptor before the tail can so keep free slots, which the
+  next add fills;
+* ``one_by_one`` is v3.8's ``kvm_unmap_rmapp()``: ``while ((sptep =
+  rmap_get_first(*rmapp, &iter))) drop_spte(kvm, sptep);``; ``batch`` is seed 004's
+  ``for_each_spte_in_rmap()`` clearing each spte, then ``pte_list_destroy()`` (a second walk
+  freeing the chain).
+
+Under these rules ``touches`` counts every load of rmap metadata the C code makes (the head
+word, each ``desc->sptes[i]``, each ``desc->more``; a value reused with no store in between is
+one load, as compiled code keeps it in a register), checked against a line-by-line
+transcription in ``tests/test_rmap_v38.py``. ``dcount`` is kept as bookkeeping only (not a
+kernel field, never counted). Both loops are linear; the quadratic costs are building a list
+and removing it newest first (README, "Seed 004").
 """
 
 from __future__ import annotations
@@ -119,9 +144,15 @@ ERR_NOT_FOUND = -2  # remove: the spte is not on this frame's rmap (KVM_BUG_ON_D
 ERR_NO_DESC = -3  # add: the descriptor pool is empty (the wrapper tops it up first)
 ERR_BAD_OP = -4
 
+# the list rules (meta[M_RULES])
+RULES_V69 = 0  # today's (v6.9): new sptes go into the head descriptor, counts kept
+RULES_V38 = 1  # Linux 3.8 (2013, seed 004's tree): appended at the tail, no counts
+RULES = {"v6.9": RULES_V69, "v3.8": RULES_V38}
+
 # meta
 M_FREE_TOP = 0  # free descriptors: free_stack[0 .. top-1], the next one allocated on top
-META_SIZE = 1
+M_RULES = 1  # RULES_*
+META_SIZE = 2
 
 # counters (out)
 CTR_ENTRIES_DROPPED = 0
@@ -201,6 +232,197 @@ def _remove_entry(head, dsptes, dcount, dmore, free_stack, meta, frame, d, i, ou
     out[CTR_DESC_FREED] += 1
 
 
+# ---- Linux 3.8 (arch/x86/kvm/mmu.c of v3.8, and seed 004's patch on it) --------------------
+
+
+@jit
+def _add_v38(head, dsptes, dcount, dmore, free_stack, meta, frame, spte, out):
+    """v3.8 pte_list_add(): walk to the first descriptor whose last slot is NULL (or the last
+    one), add a descriptor after it if full, store in its first NULL slot. Returns the count
+    as the kernel computes it (EXT per descriptor passed, plus the slots before the one
+    used: it undercounts when a descriptor before the tail has a hole refilled)."""
+    ext = dsptes.shape[1]
+    out[CTR_TOUCHES] += 1  # *pte_list
+    hv = head[frame]
+    if hv == 0:
+        head[frame] = spte << 1
+        return 0
+    if hv & 1 == 0:
+        d = _alloc_desc(dsptes, free_stack, meta, out)
+        if d < 0:
+            return ERR_NO_DESC
+        dsptes[d, 0] = hv >> 1
+        dsptes[d, 1] = spte
+        dcount[d] = 2
+        dmore[d] = -1
+        head[frame] = (d << 1) | 1
+        return 1
+    count = 0
+    d = hv >> 1
+    while True:  # while (desc->sptes[PTE_LIST_EXT-1] && desc->more)
+        out[CTR_TOUCHES] += 1  # desc->sptes[PTE_LIST_EXT-1]
+        if dsptes[d, ext - 1] == 0:
+            break
+        out[CTR_TOUCHES] += 1  # desc->more
+        if dmore[d] < 0:
+            break
+        d = dmore[d]
+        count += ext
+    if dsptes[d, ext - 1] != 0:  # the value just loaded
+        n = _alloc_desc(dsptes, free_stack, meta, out)
+        if n < 0:
+            return ERR_NO_DESC
+        dmore[n] = -1
+        dcount[n] = 0
+        dmore[d] = n
+        d = n
+    i = 0
+    while True:  # for (i = 0; desc->sptes[i]; ++i) ++count;
+        out[CTR_TOUCHES] += 1  # desc->sptes[i]
+        if dsptes[d, i] == 0:
+            break
+        i += 1
+        count += 1
+    dsptes[d, i] = spte
+    dcount[d] += 1
+    return count
+
+
+@jit
+def _remove_entry_v38(head, dsptes, dcount, dmore, free_stack, meta, frame, d, i, prev, out):
+    """v3.8 pte_list_desc_remove_entry(): fill the hole from the last used slot of the *same*
+    descriptor; free the descriptor when that empties it, unlinking it from ``prev`` (-1:
+    the rmap head)."""
+    j = dsptes.shape[1] - 1
+    while True:  # for (j = PTE_LIST_EXT - 1; !desc->sptes[j] && j > i; --j)
+        out[CTR_TOUCHES] += 1  # desc->sptes[j]
+        if dsptes[d, j] != 0 or j <= i:
+            break
+        j -= 1
+    if j != i:
+        out[CTR_ENTRY_MOVES] += 1
+    dsptes[d, i] = dsptes[d, j]
+    dsptes[d, j] = 0
+    dcount[d] -= 1
+    if j != 0:
+        return
+    out[CTR_TOUCHES] += 1  # desc->more
+    nxt = dmore[d]
+    if prev < 0 and nxt < 0:
+        head[frame] = 0  # desc->sptes[0], NULL now
+    elif prev >= 0:
+        dmore[prev] = nxt
+    else:
+        head[frame] = (nxt << 1) | 1
+    free_stack[meta[M_FREE_TOP]] = d  # mmu_free_pte_list_desc()
+    meta[M_FREE_TOP] += 1
+    out[CTR_DESC_FREED] += 1
+
+
+@jit
+def _remove_v38(head, dsptes, dcount, dmore, free_stack, meta, frame, spte, out):
+    """v3.8 pte_list_remove(): search from the first descriptor, slot by slot."""
+    ext = dsptes.shape[1]
+    out[CTR_TOUCHES] += 1  # *pte_list
+    hv = head[frame]
+    if hv == 0:
+        return ERR_NOT_FOUND
+    if hv & 1 == 0:
+        if hv >> 1 != spte:
+            return ERR_NOT_FOUND
+        head[frame] = 0
+        return 0
+    prev = -1
+    d = hv >> 1
+    while d >= 0:
+        for i in range(ext):  # for (i = 0; i < PTE_LIST_EXT && desc->sptes[i]; ++i)
+            out[CTR_TOUCHES] += 1  # desc->sptes[i]
+            s = dsptes[d, i]
+            if s == 0:
+                break
+            if s == spte:
+                _remove_entry_v38(head, dsptes, dcount, dmore, free_stack, meta, frame, d, i,
+                                  prev, out)
+                return 0
+        out[CTR_TOUCHES] += 1  # desc->more
+        prev = d
+        d = dmore[d]
+    return ERR_NOT_FOUND
+
+
+@jit
+def _op_v38(head, dsptes, dcount, dmore, free_stack, meta, leaf, op, frame, spte, strategy,
+            out):
+    """rmap_op() under the v3.8 rules (its counters as documented there)."""
+    ext = dsptes.shape[1]
+    if op == OP_ADD:
+        return _add_v38(head, dsptes, dcount, dmore, free_stack, meta, frame, spte, out)
+    if op == OP_REMOVE:
+        if leaf[spte] == 0:
+            return ERR_NOT_FOUND
+        r = _remove_v38(head, dsptes, dcount, dmore, free_stack, meta, frame, spte, out)
+        if r < 0:
+            return r
+        leaf[spte] = 0
+        out[CTR_ENTRIES_DROPPED] += 1
+        return 0
+    ret = 0
+    if strategy == DROP_ONE_BY_ONE:
+        # v3.8 kvm_unmap_rmapp(): while ((sptep = rmap_get_first(*rmapp, &iter)))
+        # drop_spte(kvm, sptep);
+        while True:
+            out[CTR_TOUCHES] += 1  # *rmapp
+            hv = head[frame]
+            if hv == 0:
+                break
+            if hv & 1 == 0:
+                s = hv >> 1
+            else:
+                out[CTR_TOUCHES] += 1  # desc->sptes[0]
+                s = dsptes[hv >> 1, 0]
+            leaf[s] = 0  # mmu_spte_clear_track_bits(), then rmap_remove()
+            out[CTR_ENTRIES_DROPPED] += 1
+            _remove_v38(head, dsptes, dcount, dmore, free_stack, meta, frame, s, out)
+            ret += 1
+            out[CTR_RESTARTS] += 1
+        return ret
+    # seed 004: for_each_spte_in_rmap() clearing each spte, then pte_list_destroy()
+    out[CTR_TOUCHES] += 1  # *rmapp
+    hv = head[frame]
+    if hv == 0:
+        out[CTR_TOUCHES] += 1  # pte_list_destroy(): *pte_list
+        return 0
+    if hv & 1 == 0:
+        leaf[hv >> 1] = 0
+        out[CTR_ENTRIES_DROPPED] += 1
+        out[CTR_TOUCHES] += 1  # pte_list_destroy(): *pte_list
+        head[frame] = 0
+        return 1
+    d = hv >> 1
+    while d >= 0:  # the iteration
+        for i in range(ext):
+            out[CTR_TOUCHES] += 1  # desc->sptes[i]
+            s = dsptes[d, i]
+            if s == 0:
+                break
+            leaf[s] = 0
+            out[CTR_ENTRIES_DROPPED] += 1
+            ret += 1
+        out[CTR_TOUCHES] += 1  # desc->more
+        d = dmore[d]
+    out[CTR_TOUCHES] += 1  # pte_list_destroy(): *pte_list
+    head[frame] = 0
+    d = hv >> 1
+    while d >= 0:
+        out[CTR_TOUCHES] += 1  # desc->more (next_desc)
+        nxt = dmore[d]
+        free_stack[meta[M_FREE_TOP]] = d  # mmu_free_pte_list_desc()
+        meta[M_FREE_TOP] += 1
+        out[CTR_DESC_FREED] += 1
+        d = nxt
+    return ret
+
+
 @jit
 def rmap_op(head, dsptes, dcount, dmore, dtail, free_stack, meta, leaf, op, frame, spte,
             strategy, cost_touch, cost_free, cost_clear, out):
@@ -220,7 +442,18 @@ def rmap_op(head, dsptes, dcount, dmore, dtail, free_stack, meta, leaf, op, fram
     ext = dsptes.shape[1]
     ret = 0
 
-    if op == OP_ADD:
+    if meta[M_RULES] == RULES_V38:
+        if op == OP_ADD and leaf[spte] != 0:
+            return ERR_PRESENT
+        if op != OP_ADD and op != OP_REMOVE and op != OP_DROP_ALL:
+            return ERR_BAD_OP
+        ret = _op_v38(head, dsptes, dcount, dmore, free_stack, meta, leaf, op, frame, spte,
+                      strategy, out)
+        if ret < 0:
+            return ret
+        if op == OP_ADD:
+            leaf[spte] = (np.int64(frame) << LEAF_FRAME_SHIFT) | LEAF_VALID
+    elif op == OP_ADD:
         if leaf[spte] != 0:
             return ERR_PRESENT
         out[CTR_TOUCHES] += 1  # rmap_head->val

@@ -16,12 +16,14 @@ from simulator.hyp.rmap.kernel import (
     LEAF_FRAME_SHIFT,
     LEAF_VALID,
     M_FREE_TOP,
+    M_RULES,
     META_SIZE,
     N_COUNTERS,
     OP_ADD,
     OP_DROP_ALL,
     OP_REMOVE,
     PTE_LIST_EXT,
+    RULES,
     STRATEGIES,
     rmap_op,
 )
@@ -40,6 +42,8 @@ class Rmap:
 
     frames: number of rmap heads (guest frames 0 .. frames-1).
     ext: PTE_LIST_EXT, slots per descriptor (>= 2): 14 today, 3 in 2013.
+    rules: the kernel's list rules, "v6.9" (today's) or "v3.8" (2013: tail insertion, the
+    hole refilled in its own descriptor; kernel.py's docstring).
     sptes: initial capacity of the spte id space (ids 1 .. sptes-1; grows on demand).
     descs: initial descriptor pool (doubles on demand).
     cost_touch, cost_free, cost_clear: cycles (module docstring; defaults are assumptions).
@@ -58,8 +62,12 @@ class Rmap:
         cost_touch: int = COST_TOUCH,
         cost_free: int = COST_FREE,
         cost_clear: int = COST_CLEAR,
+        rules: str = "v6.9",
     ):
         frames = _int(frames, "frames")
+        if rules not in RULES:
+            raise ValueError(f"rules must be one of {', '.join(RULES)}, not {rules!r}")
+        self.rules = rules
         ext = _int(ext, "ext")
         sptes = _int(sptes, "sptes")
         descs = _int(descs, "descs")
@@ -84,6 +92,7 @@ class Rmap:
         self.free_stack = np.arange(descs - 1, -1, -1, dtype=np.int64)
         self.meta = np.zeros(META_SIZE, dtype=np.int64)
         self.meta[M_FREE_TOP] = descs
+        self.meta[M_RULES] = RULES[rules]
         self.totals = np.zeros(N_COUNTERS, dtype=np.int64)
         self._out = np.zeros(N_COUNTERS, dtype=np.int64)
         self.last: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
@@ -205,12 +214,15 @@ class Rmap:
         return "chain", descs
 
     def count(self, frame: int) -> int:
-        """pte_list_count(): the head descriptor's tail_count + spte_count."""
+        """pte_list_count(): the head descriptor's tail_count + spte_count (v3.8 keeps no
+        counts: the sptes of the chain)."""
         hv = int(self.head[self._frame(frame)])
         if hv == 0:
             return 0
         if hv & 1 == 0:
             return 1
+        if self.rules == "v3.8":
+            return len(self.entries(frame))
         return int(self.dtail[hv >> 1] + self.dcount[hv >> 1])
 
     def present(self, spte: int) -> bool:
@@ -248,7 +260,8 @@ class Rmap:
 
     def check_invariants(self) -> list[str]:
         """Problems found (empty when the state is consistent): tails full and the head
-        descriptor non-empty, NULL slots exactly past spte_count, tail_count consistent, no
+        descriptor non-empty (v3.8: every descriptor non-empty; any can have free slots),
+        NULL slots exactly past spte_count, tail_count consistent (today's rules), no
         descriptor reachable twice, free stack + reachable descriptors = the pool, each spte on
         at most one rmap, present iff on an rmap, and its leaf mapping that frame."""
         problems: list[str] = []
@@ -287,16 +300,17 @@ class Rmap:
                 seen_desc[d] = frame
                 chain.append(d)
                 d = int(self.dmore[d])
+            v38 = self.rules == "v3.8"
             for k, d in enumerate(chain):
                 n = int(self.dcount[d])
-                if k == 0 and not 1 <= n <= ext:
-                    problems.append(f"frame {frame}: head descriptor {d} holds {n} sptes")
-                if k > 0 and n != ext:
+                if (k == 0 or v38) and not 1 <= n <= ext:
+                    problems.append(f"frame {frame}: descriptor {d} holds {n} sptes")
+                if k > 0 and not v38 and n != ext:
                     problems.append(f"frame {frame}: tail descriptor {d} holds {n} != {ext}")
                 row = [int(s) for s in self.dsptes[d]]
                 if any(s == 0 for s in row[:n]) or any(s != 0 for s in row[n:]):
                     problems.append(f"frame {frame}: descriptor {d} slots {row} with count {n}")
-                tail = sum(int(self.dcount[t]) for t in chain[k + 1:])
+                tail = 0 if v38 else sum(int(self.dcount[t]) for t in chain[k + 1:])
                 if int(self.dtail[d]) != tail:
                     problems.append(f"frame {frame}: descriptor {d} tail_count "
                                     f"{int(self.dtail[d])} != {tail}")
@@ -318,5 +332,6 @@ class Rmap:
         return problems
 
     def __repr__(self) -> str:
-        return (f"Rmap({self.frames} frames, ext {self.ext}, {self.descs_in_use}/"
+        return (f"Rmap({self.frames} frames, ext {self.ext}, rules {self.rules}, "
+                f"{self.descs_in_use}/"
                 f"{self.pool_size} descriptors in use)")
