@@ -183,7 +183,7 @@ def test_guest_pages_alias_their_frames_before_the_drop():
         assert D.pte_to_phys(pte, 12) == base + (p % frames) * PAGE
         # the spte of guest page p is on the rmap of the frame that page maps
         spte = m.rmap.prmap.spte((1 << 20) + p * PAGE)
-        assert spte in rm.entries(m.rmap.prmap.frame_of_pa(base + (p % frames) * PAGE))
+        assert spte in rm.entries(m.rmap.prmap.frame_of_page(0, base + (p % frames) * PAGE))
     env.run(until=drop)
     assert not rm.head.any()
     for p in range(frames * per_frame):

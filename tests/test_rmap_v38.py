@@ -398,3 +398,30 @@ def test_recycle_threshold_is_refused():
                   "hyp": {"rmap": "pte_list"},
                   "workload": {"type": "shared_frames", "frames": 1,
                                "mappings_per_frame": 1002}}, "test")
+
+
+@pytest.mark.parametrize("drop,touches", [("one_by_one", 3), ("batch", 2)])
+def test_ksm_aliasing_gives_lists_of_one(drop, touches):
+    """KVM keys rmaps by guest frame: M guest frames merged onto one host page are M lists
+    of one spte each (no descriptor), dropped host frame by host frame."""
+    from simulator.config import validate
+    from simulator.experiment import run_config
+
+    frames, per = 4, 25
+    cfg = validate({
+        "name": "t", "seed": 3,
+        "machine": {"granule": "4K", "ipa_bits": 40, "fwb": True},
+        "guest": {"memory": "64MiB", "vcpus": 2, "mapping": "4K"},
+        "hyp": {"rmap": "pte_list", "rmap_rules": "v3.8", "rmap_ext": 3, "rmap_drop": drop},
+        "workload": {"type": "shared_frames", "frames": frames, "mappings_per_frame": per,
+                     "aliasing": "ksm"},
+    }, "test")
+    c = run_config(cfg)["counters"]
+    n = frames * per
+    assert c["rmap.max_entries"] == 1
+    assert c["rmap.desc_allocated"] == c["rmap.desc_freed"] == 0
+    assert c["rmap.entries_dropped"] == n
+    # per list, one_by_one: rmap_get_first's head, pte_list_remove's head, the final
+    # rmap_get_first's head; batch: the iteration's head and pte_list_destroy()'s
+    assert c["rmap.touches"] == touches * n
+    assert c["rmap.cycles"] == n * (touches * cfg.costs.rmap_touch + cfg.costs.rmap_clear)

@@ -473,6 +473,13 @@ class SharedFramesSpec(_Spec):
                                "page size of the granule).")
     passes: int = Field(default=1, ge=1, description="Times each vCPU goes over its pages "
                         "(the first pass faults them in).")
+    aliasing: Literal["shadow", "ksm"] = Field(
+        default="shadow", description="What maps one frame M times, and so how long its "
+        "reverse-map list is (KVM keys rmaps by guest frame): 'shadow' (softmmu, seed 004's "
+        "case: the M pages are guest-virtual pages whose guest PTEs map one guest frame, "
+        "each a shadow spte on that gfn's rmap: lists of M) or 'ksm' (M guest frames merged "
+        "onto one host page: each gfn has its own rmap of one spte; dropping the host page "
+        "drops M lists).")
     drop_by: Literal["frame", "address", "reverse_address"] = Field(
         default="frame", description="How the mappings are dropped at the end: 'frame' (each "
         "frame's mappings all at once through its reverse map, as merging pages or unmapping a "

@@ -57,13 +57,15 @@ class RmapAgent:
         pages = sum(size for _, size in vm.slots) >> self.shift
         w = cfg.workload
         self.shared = w if w is not None and w.type == "shared_frames" else None
-        frames = self.shared.frames if self.shared is not None else pages
+        # KVM keys a list by guest frame: ksm aliasing gives each guest page its own
+        self.ksm = self.shared is not None and self.shared.aliasing == "ksm"
+        frames = self.shared.frames if self.shared is not None and not self.ksm else pages
         self.rmap = Rmap(frames, cfg.hyp.rmap_ext, sptes=1024, descs=64, cost_touch=c.rmap_touch,
                          cost_free=c.rmap_desc_free, cost_clear=c.rmap_clear,
                          rules=cfg.hyp.rmap_rules)
         # the fault path's rmap_add() (compiled: simulator.hyp.page_rmap)
         self.prmap = PageRmap(self.rmap, self.shift, vm.pa_of(lo) >> self.shift,
-                              lo >> self.shift, (hi - lo) >> self.shift)
+                              lo >> self.shift, (hi - lo) >> self.shift, by_gfn=self.ksm)
         self.strategy = cfg.hyp.rmap_drop
         self.drop_by = self.shared.drop_by if self.shared is not None else "frame"
         self.ctr = Counters()
@@ -96,7 +98,14 @@ class RmapAgent:
         unmap_cycles = 0
         prmap = self.prmap
         if self.drop_by == "frame":
-            for frame in prmap.frames_in_order():
+            if self.ksm:
+                # host frame by host frame, each guest frame merged onto it (address order)
+                pages = prmap.mapped_pages().tolist()
+                pages.sort(key=lambda g: (self.vm.pa_of(g << self.shift), g))
+                order = [prmap.frame_of_page(g << self.shift, 0) for g in pages]
+            else:
+                order = prmap.frames_in_order()
+            for frame in order:
                 ipas = [prmap.ipa(s) for s in rmap.entries(frame)]
                 cycles = rmap.drop_all(frame, self.strategy)["cycles"]
                 s2 = self._unmap(ipas)
@@ -108,7 +117,7 @@ class RmapAgent:
                 pages.reverse()
             for gpage in pages:
                 ipa = gpage << self.shift
-                frame = prmap.frame_of_pa(self.vm.pa_of(ipa))
+                frame = prmap.frame_of_page(ipa, self.vm.pa_of(ipa))
                 cycles = rmap.remove(frame, prmap.spte(ipa))["cycles"]
                 s2 = self._unmap([ipa])
                 unmap_cycles += s2

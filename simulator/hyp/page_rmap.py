@@ -34,8 +34,8 @@ __all__ = ["PageRmap", "empty_page_rmap", "rmap_add_leaf"]
 # scalars (int64)
 (RS_PAGE_SHIFT, RS_PFN_LO, RS_GPAGE_LO, RS_FRAMES_USED, RS_NEXT_SPTE, RS_MAX_ENTRIES,
  RS_ADDED, RS_DESC_ALLOCATED, RS_ADD_CYCLES, RS_COST_TOUCH, RS_COST_FREE,
- RS_COST_CLEAR) = range(12)
-N_RS = 12
+ RS_COST_CLEAR, RS_BY_GFN) = range(13)
+N_RS = 13
 
 
 @jit
@@ -48,11 +48,12 @@ def rmap_add_leaf(rm, pa, ipa):
     spte = rs[RS_NEXT_SPTE]
     if meta[M_FREE_TOP] == 0 or spte >= leaf.shape[0] or spte >= ipa_of.shape[0]:
         return -1
-    pfn = (pa >> ps) - rs[RS_PFN_LO]
-    frame = frame_of[pfn]
+    # the list's key: the guest frame (gfn, as KVM keys it), or the host frame it maps
+    k = (ipa >> ps) - rs[RS_GPAGE_LO] if rs[RS_BY_GFN] != 0 else (pa >> ps) - rs[RS_PFN_LO]
+    frame = frame_of[k]
     if frame < 0:
         frame = rs[RS_FRAMES_USED]
-        frame_of[pfn] = frame
+        frame_of[k] = frame
         rs[RS_FRAMES_USED] += 1
     spte_of[(ipa >> ps) - rs[RS_GPAGE_LO]] = spte
     ipa_of[spte] = (ipa >> ps) << ps
@@ -71,9 +72,14 @@ def rmap_add_leaf(rm, pa, ipa):
 
 class PageRmap:
     """The rmap of a guest whose memory spans guest pages ``[gpage_lo, gpage_lo + npages)``
-    and, from ``pfn_lo``, as many host frames (the guest's memory is one host range)."""
+    and, from ``pfn_lo``, as many host frames (the guest's memory is one host range).
+    ``by_gfn``: a list per guest frame (KVM's key: memslot, gfn, level; one memslot, page
+    leaves here); else a list per host frame (the stage-2's pages standing for a shadow MMU's
+    guest-virtual pages, whose gfn is the host frame's: module docstring of
+    simulator.agents.rmap)."""
 
-    def __init__(self, rmap: Rmap, page_shift: int, pfn_lo: int, gpage_lo: int, npages: int):
+    def __init__(self, rmap: Rmap, page_shift: int, pfn_lo: int, gpage_lo: int, npages: int,
+                 by_gfn: bool = False):
         self.rmap = rmap
         self.frame_of = np.full(npages, -1, dtype=np.int64)
         self.spte_of = np.zeros(npages, dtype=np.int64)
@@ -86,6 +92,7 @@ class PageRmap:
         rs[RS_COST_TOUCH] = rmap.cost_touch
         rs[RS_COST_FREE] = rmap.cost_free
         rs[RS_COST_CLEAR] = rmap.cost_clear
+        rs[RS_BY_GFN] = int(by_gfn)
         self.rs = rs
 
     def arrays(self) -> tuple:
@@ -106,7 +113,7 @@ class PageRmap:
             self.ipa_of = ipa_of
 
     def frames_in_order(self) -> list[int]:
-        """The rmap frames that were mapped, in host address order."""
+        """The rmap frames that were mapped, in key order (host or guest address)."""
         f = self.frame_of
         return f[f >= 0].tolist()
 
@@ -117,8 +124,12 @@ class PageRmap:
         """The spte of the guest page at ``ipa`` (0: never mapped)."""
         return int(self.spte_of[(ipa >> int(self.rs[RS_PAGE_SHIFT])) - int(self.rs[RS_GPAGE_LO])])
 
-    def frame_of_pa(self, pa: int) -> int:
-        return int(self.frame_of[(pa >> int(self.rs[RS_PAGE_SHIFT])) - int(self.rs[RS_PFN_LO])])
+    def frame_of_page(self, ipa: int, pa: int) -> int:
+        """The rmap frame (list) of the guest page at ``ipa``, backed by host address ``pa``."""
+        ps = int(self.rs[RS_PAGE_SHIFT])
+        if self.rs[RS_BY_GFN]:
+            return int(self.frame_of[(ipa >> ps) - int(self.rs[RS_GPAGE_LO])])
+        return int(self.frame_of[(pa >> ps) - int(self.rs[RS_PFN_LO])])
 
     def mapped_pages(self) -> np.ndarray:
         """Guest page numbers that got an spte, in address order."""

@@ -60,7 +60,9 @@ class RmapAgent:
         pages = sum(size for _, size in vm.slots) >> self.shift
         w = cfg.workload
         self.shared = w if w is not None and w.type == "shared_frames" else None
-        frames = self.shared.frames if self.shared is not None else pages
+        # KVM keys a list by guest frame: ksm aliasing gives each guest page its own
+        self.ksm = self.shared is not None and self.shared.aliasing == "ksm"
+        frames = self.shared.frames if self.shared is not None and not self.ksm else pages
         self.rmap = Rmap(frames, cfg.hyp.rmap_ext, sptes=1024, descs=64, cost_touch=c.rmap_touch,
                          cost_free=c.rmap_desc_free, cost_clear=c.rmap_clear,
                          rules=cfg.hyp.rmap_rules)
@@ -90,9 +92,10 @@ class RmapAgent:
         """rmap_add() for the page leaf just installed at ``ipa``; returns its cycles."""
         assert size == self.page, "the reverse map is modelled for page mappings only"
         pfn = self.vm.pa_of(ipa) >> self.shift
-        frame = self.frame_index.get(pfn)
+        key = (ipa >> self.shift) if self.ksm else pfn
+        frame = self.frame_index.get(key)
         if frame is None:
-            frame = self.frame_index[pfn] = len(self.frame_index)
+            frame = self.frame_index[key] = len(self.frame_index)
         gpage = ipa >> self.shift
         spte = len(self.ipa_of)
         self.spte_of[gpage] = spte
@@ -116,7 +119,11 @@ class RmapAgent:
         return m.op_costs.cycles(rep)
 
     def _frames_in_order(self) -> list[tuple[int, int]]:
-        """(host frame number, rmap frame) of every frame mapped, in host address order."""
+        """(host frame number, rmap frame) of every frame mapped, in host address order (with
+        ksm aliasing, each guest frame on it in guest address order)."""
+        if self.ksm:
+            return sorted(((self.vm.pa_of(g << self.shift) >> self.shift, g), f)
+                          for g, f in self.frame_index.items())
         return sorted(self.frame_index.items())
 
     def drop_phase(self, vcpus: list):
@@ -140,7 +147,7 @@ class RmapAgent:
         else:
             for gpage in sorted(self.spte_of, reverse=self.drop_by == "reverse_address"):
                 ipa = gpage << self.shift
-                frame = self.frame_index[self.vm.pa_of(ipa) >> self.shift]
+                frame = self.frame_index[gpage if self.ksm else self.vm.pa_of(ipa) >> self.shift]
                 cycles = rmap.remove(frame, self.spte_of[gpage])["cycles"]
                 s2 = self._unmap(ipa)
                 unmap_cycles += s2
