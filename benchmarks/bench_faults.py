@@ -42,14 +42,18 @@ def cases(pages: int) -> dict[str, dict]:
         "guests": [{"name": "vm", "memory": mem, "vcpus": 1, "mapping": "4K", "start": 0,
                     "run": "10s", "workload": stride}],
     }
-    # host aborts: the host strides over MMIO made of one-page windows, side by side, so
-    # every abort maps one page (host_stage2_adjust_range() finds no block that fits)
-    windows = min(pages, 16384)
+    # host aborts: the host strides over one-page MMIO windows, each a one-page gap between
+    # two one-page memory regions, so every abort maps one page (MMIO is the gap between
+    # memory regions, find_mem_range(); host_stage2_adjust_range() finds no block in it)
+    windows = min(pages, 65536)
+    gib8 = 8 << 30
     pkvm_host = {
         "name": "pkvm_host", "seed": 1, "machine": {"granule": "4K", "ipa_bits": 40},
         "hyp": {"mode": "pkvm"},
-        "host": {"cpus": 1, "memory": [{"base": "1GiB", "size": "4GiB", "type": "memory"}],
-                 "mmio_windows": {"base": "8GiB", "stride": "4K", "count": windows,
+        "host": {"cpus": 1,
+                 "memory": [{"base": "1GiB", "size": "4GiB", "type": "memory"}] + [
+                     {"base": gib8 + i * 8192 + 4096, "size": 4096} for i in range(windows)],
+                 "mmio_windows": {"base": "8GiB", "stride": "8K", "count": windows,
                                   "size": "4K"},
                  "address_space": "mmio",
                  "workload": {"type": "stride", "accesses": windows, "stride": "4K",

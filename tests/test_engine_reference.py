@@ -80,6 +80,10 @@ def assert_same(a: dict, b: dict) -> None:
         {k: v for k, v in b.items() if k.startswith("stage.")}
 
 
+FRAGMENTED = ([{"base": 0, "size": "1GiB", "type": "mmio"}, {"base": "1GiB", "size": "2GiB"}]
+              + [{"base": (4 << 30) + i * (2 << 20) + 4096, "size": (2 << 20) - 4096}
+                 for i in range(600)])
+
 CASES = {
     "zipf_pages_shared_lock": (base({"type": "zipf", "accesses": 30000, "footprint": "64MiB"}),
                                "translation_faults"),
@@ -175,7 +179,10 @@ CASES = {
                                      guests__0__workload={"type": "uniform",
                                                           "accesses": 40000}),
                                 "balloon.pages"),
+    # MMIO is every gap between memory regions (find_mem_range()): 600 one-page windows, each
+    # between two memory regions, are mapped page by page, each in its own level-3 table
     "pkvm_mmio_recycling": (pkvm(hyp__host_s2_pools="separate", host__address_space="mmio",
+                                 host__memory=FRAGMENTED,
                                  host__mmio_windows={"base": "4GiB", "count": 600,
                                                      "size": "4KiB", "stride": "2MiB"},
                                  host__workload={"type": "stride", "accesses": 600,

@@ -44,11 +44,17 @@ def test_idmap_maps_the_largest_block_that_fits_the_region():
     assert (res.ret, res.start, res.size) == (0, GIB, GIB)
     pte, level = leaf(hs2, GIB + 5 * PAGE)
     assert level == 1 and D.decode(pte, 1, 12).kind == "block"
-    # MMIO: RW, device, XN
+    # MMIO (PKVM_HOST_MMIO_PROT = KVM_PGTABLE_PROT_RW): RW, Normal attributes, XN; the
+    # range is the whole gap below the memory (find_mem_range()), not the configured region
     res = hs2.idmap(0x1000)
-    assert res.ret == 0
+    assert (res.ret, res.start, res.size) == (0, 0, GIB)
     d = D.decode(leaf(hs2, 0x1000)[0], leaf(hs2, 0x1000)[1], 12)
-    assert (d.memattr, d.xn, d.w) == (D.MEMATTR_DEVICE, True, True)
+    assert (d.memattr, d.xn, d.w) == (D.MEMATTR_NORMAL, True, True)
+    # above the memory: the gap up to the end of the IPA space, the largest block there
+    res = hs2.idmap(3 * GIB + 0x1000)
+    assert (res.ret, res.start, res.size) == (0, 3 * GIB, GIB)
+    res = hs2.idmap(600 * GIB + 0x1000)  # 40 bits: the walk starts at level 1
+    assert (res.ret, res.start, res.size) == (0, 600 * GIB, GIB)
     # an address already mapped: -EAGAIN
     assert hs2.idmap(GIB + 7 * PAGE).ret == -11
 
@@ -156,13 +162,18 @@ def test_a_region_with_one_page_still_shared_never_coalesces():
 
 
 def test_mmio_recycling_when_a_separate_pool_runs_dry():
+    # MMIO is every gap between memory regions (find_mem_range()): 700 gaps of 64 KiB between
+    # memory regions 2 MiB apart can only be mapped page by page, each in a level-3 table
+    # of its own
+    hole = 64 * 1024
     phys = HostPhys([Region(GIB, GIB, "memory")] +
-                    [Region(64 * GIB + i * 2 * MIB, 64 * 1024, "mmio") for i in range(700)], 12)
+                    [Region(64 * GIB + i * 2 * MIB + hole, 2 * MIB - hole, "memory")
+                     for i in range(700)], 12)
     hs2 = HostStage2(phys, Geometry(12, 40), coalesce=False, pools="separate",
                      layout="packed4", on_bug="raise", fwb=False, tlbi_range=False)
     for i in range(700):
         res = hs2.idmap(64 * GIB + i * 2 * MIB)
-        assert res.ret == 0
+        assert (res.ret, res.size) == (0, PAGE)
     # each window needs its own level-3 table: the MMIO pool (about 1 GiB worth) ran dry
     assert hs2.enomem >= 1 and hs2.recycles == hs2.enomem
     assert 0 < hs2.mmio_at_first_enomem < 700 * 16
@@ -424,16 +435,16 @@ def test_guest_vcpus_take_turns_with_the_host_task_on_a_shared_cpu(tmp_path):
 @pytest.mark.parametrize("pools", ["separate", "unified"])
 def test_compiled_idmap_matches_the_plain_python_one(pools):
     """host_idmap_step (what the engine runs) against tests/reference's RefIdmap, report by
-    report, on twin host stage-2s: MMIO windows that exhaust the separate MMIO pool, memory
-    owned by others, addresses outside every region."""
+    report, on twin host stage-2s: MMIO gaps that exhaust the separate MMIO pool, memory
+    owned by others, addresses anywhere (the gaps: find_mem_range())."""
     import random
 
     from reference.pkvm import RefIdmap
 
-    def make():
+    def make():  # 64 KiB gaps between memory regions 2 MiB apart: MMIO page by page
         phys = HostPhys([Region(GIB, GIB, "memory")] +
-                        [Region(64 * GIB + i * 2 * MIB, 64 * 1024, "mmio") for i in range(700)],
-                        12)
+                        [Region(64 * GIB + i * 2 * MIB + 64 * 1024, 2 * MIB - 64 * 1024,
+                                "memory") for i in range(700)], 12)
         return HostStage2(phys, Geometry(12, 40), coalesce=True, pools=pools,
                           layout="packed4", on_bug="raise", fwb=False, tlbi_range=False)
 
@@ -444,7 +455,7 @@ def test_compiled_idmap_matches_the_plain_python_one(pools):
     rng = random.Random(3)
     for k in range(3000):
         r = rng.random()
-        if r < 0.5:  # the windows in turn, so the separate MMIO pool runs dry
+        if r < 0.5:  # the gaps in turn, so the separate MMIO pool runs dry
             addr = 64 * GIB + (k // 2 % 700) * 2 * MIB + rng.randrange(16) * PAGE
         elif r < 0.95:
             addr = GIB + rng.randrange(GIB // PAGE) * PAGE

@@ -50,9 +50,11 @@ MAX_OWNER = SHARED - 1
 STATE_SHARED_OWNED = 1     # SW0: the owner's view of a page it shares
 STATE_SHARED_BORROWED = 2  # SW1: the borrower's view
 
-# PKVM_HOST_MEM_PROT / PKVM_HOST_MMIO_PROT
+# PKVM_HOST_MEM_PROT / PKVM_HOST_MMIO_PROT: RWX, and RW (5.13's host_stage2_idmap() maps
+# non-memory with KVM_PGTABLE_PROT_RW, 6.1 on with PKVM_HOST_MMIO_PROT = KVM_PGTABLE_PROT_RW):
+# Normal attributes and XN, not Device (the host's stage-1 decides the memory type)
 HOST_MEM_PROT = D.PROT_RWX
-HOST_MMIO_PROT = D.PROT_RW | D.PROT_DEVICE
+HOST_MMIO_PROT = D.PROT_RW
 
 
 @dataclass
@@ -322,8 +324,8 @@ def host_idmap_step(hw, hreg, tables, refcnt, free, meta, stat, rep, tlog, stk, 
     result is HW_RET (0, -EAGAIN: already mapped, -EPERM: not the host's), the window
     HW_START/HW_SIZE, a pool BUG in HW_BUG.
 
-    * find the region of the address (none: -EPERM; the kernel maps any address outside
-      memory as MMIO, the model only its configured MMIO regions);
+    * find the range of the address: its memory region, or the gap between memory regions
+      around it (find_mem_range(): :func:`mem_ranges`); beyond the IPA space -EPERM;
     * kvm_pgtable_get_leaf(): a valid entry is -EAGAIN, a non-zero invalid one (an owner
       annotation) -EPERM;
     * host_stage2_adjust_range(): grow the window level by level from the empty entry's
@@ -410,6 +412,26 @@ def host_idmap_step(hw, hreg, tables, refcnt, free, meta, stat, rep, tlog, stk, 
         return _host_map(hw, tables, refcnt, free, meta, stat, rep, tlog, stk, hy)
     return 0
 
+def mem_ranges(phys: HostPhys, ia_bits: int) -> np.ndarray:
+    """The ranges host_stage2_idmap() maps within (RG_* rows, address order): each memory
+    region, and every gap between them, from 0 to the end of the IPA space, as MMIO.
+    find_mem_range() (mem_protect.c, 5.13 to 6.12) knows only the memblock memory: an address
+    in no memory region gets the gap around it (``range->start`` = the end of the region
+    below or 0, ``range->end`` = the base of the one above or ULONG_MAX), so configured MMIO
+    regions and windows say where the host's accesses go, not what a mapping may cover."""
+    rows = []
+    prev = 0
+    for r in phys.memory:
+        if r.base > prev:
+            rows.append((prev, r.base, 0))
+        rows.append((r.base, r.end, 1))
+        prev = r.end
+    top = 1 << ia_bits
+    if top > prev:
+        rows.append((prev, top, 0))
+    return np.array(rows, dtype=np.int64).reshape(-1, 3)
+
+
 class HostStage2:
     """The host stage-2 (VMID 0): an identity map filled lazily by host aborts, its table
     pages from the host_s2 pool(s), owner annotations for donated pages."""
@@ -456,8 +478,7 @@ class HostStage2:
         hw[HW_DEV_POOL] = self.ptmem.index(self.dev_pool)
         hw[HW_MMIO_FIRST] = -1
         self.hw = hw
-        self.hreg = np.array([(r.base, r.end, int(r.type == "memory")) for r in phys.regions],
-                             dtype=np.int64).reshape(-1, 3)
+        self.hreg = mem_ranges(phys, geom.ipa_bits)
 
     # -- host_stage2_idmap() -------------------------------------------------------------
     def idmap(self, addr: int) -> IdmapResult:

@@ -80,11 +80,31 @@ class RefIdmap:
                 break
         return start, end - start
 
+    def find_mem_range(self, addr: int) -> Region:
+        """find_mem_range() (mem_protect.c), line by line: a binary search of the memory
+        regions; outside them, the gap between the neighbours (0 .. ULONG_MAX at the ends).
+        The gap comes back as an "mmio" Region."""
+        mem = self.hs2.phys.memory
+        left, right = 0, len(mem)
+        start, end = 0, (1 << 64) - 1
+        while left < right:
+            cur = (left + right) >> 1
+            reg = mem[cur]
+            if addr < reg.base:
+                right = cur
+                end = reg.base
+            elif addr >= reg.end:
+                left = cur + 1
+                start = reg.end
+            else:
+                return reg
+        return Region(start, end - start, "mmio")
+
     def __call__(self, addr: int) -> IdmapResult:
         hs2 = self.hs2
-        region = hs2.phys.region_of(addr)
-        if region is None:
+        if addr >= 1 << hs2.geom.ipa_bits:
             return IdmapResult(-P.EPERM)
+        region = self.find_mem_range(addr)
         pte, level = hs2.s2.get_leaf(addr)
         if pte & int(D.VALID):
             return IdmapResult(-P.EAGAIN)
