@@ -309,6 +309,13 @@ class HypConfig(_Model):
     host_s2_pools: Literal["unified", "separate"] = Field(
         default="unified", description="Host stage-2 table pages: one pool (seed 002) or "
         "separate memory and MMIO pools (MMIO: about 1 GiB of IPA space worth of tables).")
+    budget_levels: Literal[4, 5] = Field(
+        default=5, description="Levels __hyp_pgtable_max_pages() sums over: 5 since 6.9 "
+        "(KVM_PGTABLE_FIRST_LEVEL -1 with LPA2), 4 before. Sizes the host stage-2 pools.")
+    vmemmap_covers: Literal["memory", "hyp"] = Field(
+        default="memory", description="What the hyp vmemmap covers: every memblock (5.16 on, "
+        "hyp_vmemmap_pages()) or only the hypervisor's own pages (5.13 to 5.15: "
+        "kvm_hyp_reserve()'s fixed point). The hyp.vmemmap_bytes counter.")
     pool_pages: int | None = Field(default=None, ge=1, description="Pages of the hyp pool that "
                                    "guest stage-2 tables come from (default: the kernel's "
                                    "page-granular budget for all host memory).")

@@ -207,3 +207,61 @@ def vmemmap_bytes_per_gib(layout: str, page_shift: int) -> int:
     32 B/page -> 8 MiB per GiB with 4K pages; 4 B -> 1 MiB (seed 002)."""
     _check_page_shift(page_shift)
     return (GiB >> page_shift) * _layout(layout).entry_bytes
+
+
+def host_s2_dev_pgtable_pages(page_shift: int,
+                              levels: int = HYP_PGTABLE_BUDGET_LEVELS) -> int:
+    """host_s2_dev_pgtable_pages() (5.13, before seed 002 unified the pools): the MMIO pool,
+    1 GiB of IPA space at page granularity."""
+    return pgtable_max_pages(_ALLOWANCE_BYTES >> page_shift, page_shift, levels)
+
+
+def vmemmap_fixed_point_pages(hyp_mem_pages: int, page_shift: int, layout: str,
+                              levels: int = 4) -> int:
+    """kvm_hyp_reserve()'s vmemmap pages in 5.13 .. 5.15, when the hyp vmemmap covered only
+    the hypervisor's own pages: "The hyp_vmemmap needs to be backed by pages, but these pages
+    themselves need to be present in the vmemmap, so compute the number of pages needed by
+    looking for a fixed point":
+
+        nr_pages = 0;
+        do {
+                prev = nr_pages;
+                nr_pages = hyp_mem_pages + prev;
+                nr_pages = DIV_ROUND_UP(nr_pages * sizeof(struct hyp_page), PAGE_SIZE);
+                nr_pages += __hyp_pgtable_max_pages(nr_pages);
+        } while (nr_pages != prev);
+
+    (removed by "KVM: arm64: Back hyp_vmemmap for all of memory", 5.16). ``hyp_mem_pages``:
+    the table budgets reserved before it."""
+    _check_page_shift(page_shift)
+    entry = _layout(layout).entry_bytes
+    page = 1 << page_shift
+    nr, prev = 0, -1
+    while nr != prev:
+        prev = nr
+        nr = hyp_mem_pages + prev
+        nr = -(-(nr * entry) // page)
+        nr += pgtable_max_pages(nr, page_shift, levels)
+    return nr
+
+
+def hyp_reserve(memory_regions: Iterable, page_shift: int, layout: str, *, levels: int,
+                vmemmap_covers: str) -> dict[str, int]:
+    """kvm_hyp_reserve()'s page budget, by the rules of a kernel: ``levels`` of
+    __hyp_pgtable_max_pages() (4 before 6.9, 5 since), ``vmemmap_covers`` "hyp" (5.13 .. 5.15:
+    a fixed point over the hypervisor's own pages) or "memory" (5.16 on: every memblock,
+    hyp_vmemmap_pages()). Pages: hyp_s1, host_s2 (5.13's host_s2_mem + host_s2_dev is the
+    same total as seed 002's unified pool), vmemmap, total (per-CPU stacks and other fixed
+    reservations are not counted)."""
+    regions = _regions(memory_regions)
+    s1 = hyp_s1_pgtable_pages(regions, page_shift, levels)
+    s2 = host_s2_pgtable_pages(regions, page_shift, levels)  # mem + 16 + the 1 GiB allowance
+    if vmemmap_covers == "hyp":
+        vm = vmemmap_fixed_point_pages(s1 + s2, page_shift, layout, levels)
+    elif vmemmap_covers == "memory":
+        vm = vmemmap_bytes(regions, page_shift, layout) >> page_shift
+    else:
+        raise ValueError(f"vmemmap_covers must be 'hyp' or 'memory', not {vmemmap_covers!r}")
+    return {"hyp_s1_pages": s1, "host_s2_pages": s2, "vmemmap_pages": vm,
+            "total_pages": s1 + s2 + vm}
+

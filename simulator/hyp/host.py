@@ -437,7 +437,7 @@ class HostStage2:
     pages from the host_s2 pool(s), owner annotations for donated pages."""
 
     def __init__(self, phys: HostPhys, geom: Geometry, *, coalesce: bool, pools: str,
-                 layout: str, on_bug: str, fwb: bool, tlbi_range: bool):
+                 layout: str, on_bug: str, fwb: bool, tlbi_range: bool, budget_levels: int = 5):
         self.phys = phys
         self.geom = geom
         self.coalesce = coalesce
@@ -445,7 +445,7 @@ class HostStage2:
         ps = geom.page_shift
         if pools == "unified":
             # seed 002: one pool with the memory budget and the 1 GiB MMIO allowance
-            npages = host_s2_pgtable_pages(regions, ps)
+            npages = host_s2_pgtable_pages(regions, ps, budget_levels)
             base = phys.carve_top(npages)
             self.mem_pool = HypPool(base, npages, ps, layout=layout,
                                     on_bug="count" if on_bug == "count" else "raise")
@@ -453,8 +453,8 @@ class HostStage2:
             pool_list = [self.mem_pool]
         else:
             # before seed 002: host_s2_mem covers memory, host_s2_dev about 1 GiB of MMIO
-            n_dev = pgtable_max_pages((1 << 30) >> ps, ps, levels=5)
-            n_mem = host_s2_pgtable_pages(regions, ps) - n_dev
+            n_dev = pgtable_max_pages((1 << 30) >> ps, ps, levels=budget_levels)
+            n_mem = host_s2_pgtable_pages(regions, ps, budget_levels) - n_dev
             base = phys.carve_top(n_mem + n_dev)
             kw = dict(layout=layout, on_bug="count" if on_bug == "count" else "raise")
             # the small MMIO pool first: page-table rows are linear in physical address, and
