@@ -41,7 +41,8 @@ class PkvmExperiment:
                                   pools=cfg.hyp.host_s2_pools, layout=layout,
                                   on_bug=cfg.hyp.on_bug, fwb=cfg.machine.fwb,
                                   tlbi_range=cfg.machine.tlbi_range,
-                                  budget_levels=cfg.hyp.budget_levels)
+                                  budget_levels=cfg.hyp.budget_levels,
+                                  try_scope=cfg.hyp.host_s2_try)
             mem_regions = [(r.base, r.size) for r in self.phys.memory]
             npages = cfg.hyp.pool_pages or host_s2_pgtable_pages(mem_regions, ps,
                                                                  cfg.hyp.budget_levels)

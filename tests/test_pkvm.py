@@ -12,6 +12,9 @@ from simulator.arch.geometry import Geometry
 from simulator.config import ConfigError, Experiment
 from simulator.experiment import run_config
 from simulator.hyp.host import (
+    HW_TRY,
+    TRY_ALL,
+    TRY_SCOPES,
     OWNER_HOST,
     SHARED,
     STATE_SHARED_BORROWED,
@@ -471,3 +474,49 @@ def test_compiled_idmap_matches_the_plain_python_one(pools):
     assert a.s2.check_invariants() == []
     if pools == "separate":
         assert a.recycles > 0  # the recycling path ran
+
+
+# ------------------------------------------------------------------ host_stage2_try()'s scope
+
+
+def _starved(scope: str):
+    """A unified host stage-2 pool with 300 MMIO gaps mapped (a level-3 table each), then
+    every free page taken; a one-page memory region far from the rest needs new tables."""
+    hole = 64 * 1024
+    phys = HostPhys([Region(GIB, GIB, "memory"), Region(128 * GIB, 2 * PAGE, "memory")] +
+                    [Region(64 * GIB + i * 2 * MIB + hole, 2 * MIB - hole, "memory")
+                     for i in range(300)], 12)
+    hs2 = HostStage2(phys, Geometry(12, 40), coalesce=False, pools="unified",
+                     layout="packed4", on_bug="raise", fwb=False, tlbi_range=False,
+                     try_scope=scope)
+    for i in range(300):
+        assert hs2.idmap(64 * GIB + i * 2 * MIB).ret == 0
+    while hs2.mem_pool.alloc_pages(0) is not None:
+        pass
+    return hs2
+
+
+@pytest.mark.parametrize("scope,ret,recycled", [("mmio", -12, False), ("idmap", 0, True),
+                                                ("all", 0, True)])
+def test_memory_abort_enomem_by_kernel(scope, ret, recycled):
+    """5.13 recycles the MMIO mappings only for an MMIO abort: a memory abort's -ENOMEM
+    stays (handle_host_mem_abort() BUGs); 5.14 on recycles for any abort and retries."""
+    hs2 = _starved(scope)
+    res = hs2.idmap(128 * GIB)
+    assert (res.ret, res.recycled) == (ret, recycled)
+    assert hs2.recycles == (1 if recycled else 0)
+
+
+@pytest.mark.parametrize("scope,ret", [("idmap", -12), ("all", 0)])
+def test_set_owner_enomem_goes_through_host_stage2_try_from_5_15(scope, ret):
+    hs2 = _starved(scope)
+    hs2.hw[HW_TRY] = TRY_ALL  # room again: recycle the 300 gaps
+    assert hs2.idmap(128 * GIB).recycled
+    hs2.hw[HW_TRY] = TRY_SCOPES[scope]
+    for i in range(10):  # ten MMIO gaps again (a table each), then no free page
+        assert hs2.idmap(64 * GIB + i * 2 * MIB).ret == 0
+    while hs2.mem_pool.alloc_pages(0) is not None:
+        pass
+    rep = hs2.set_owner(GIB + 4 * MIB, PAGE, 2)  # annotations in unmapped space: new tables
+    assert rep.ret == ret
+    assert bool(hs2.recycle_reports) == (scope == "all")

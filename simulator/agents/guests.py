@@ -72,9 +72,16 @@ class GuestsAgent:
             raise SimulationError("hyp.vmemmap_layout", str(e)) from None
         if rep.ret:
             raise SimulationError("hyp", f"{kind} of {pa:#x} failed ({rep.ret})")
+        cycles = m.op_costs.cycles(rep) + m.cfg.costs.lock
+        if kind in ("donate", "reclaim"):
+            # host_stage2_try() (hyp.host_s2_try: all): the MMIO unmapped to make room
+            for r in hs2.recycle_reports:
+                m.apply_tlbis(0, r)
+                m.account_op(ctr, r)
+                cycles += m.op_costs.cycles(r)
         m.apply_tlbis(0, rep)
         m.account_op(ctr, rep)
-        return rep, m.op_costs.cycles(rep) + m.cfg.costs.lock
+        return rep, cycles
 
     def hypercall_op(self, ctr: Counters, pa: int, size: int, kind: str, who: int):
         """An agent's ownership change: a hypercall per page outside the host lock, the change

@@ -312,6 +312,11 @@ class HypConfig(_Model):
     budget_levels: Literal[4, 5] = Field(
         default=5, description="Levels __hyp_pgtable_max_pages() sums over: 5 since 6.9 "
         "(KVM_PGTABLE_FIRST_LEVEL -1 with LPA2), 4 before. Sizes the host stage-2 pools.")
+    host_s2_try: Literal["all", "idmap", "mmio"] = Field(
+        default="all", description="What recycles the host's MMIO mappings on -ENOMEM "
+        "(host_stage2_unmap_dev_all(), then one retry): all (5.15 on, the host_stage2_try() "
+        "macro: host aborts and ownership changes), idmap (5.14: any host abort), mmio (5.13: "
+        "only an MMIO abort; a memory abort's -ENOMEM is a BUG).")
     vmemmap_covers: Literal["memory", "hyp"] = Field(
         default="memory", description="What the hyp vmemmap covers: every memblock (5.16 on, "
         "hyp_vmemmap_pages()) or only the hypervisor's own pages (5.13 to 5.15: "

@@ -590,8 +590,9 @@ class Machine:
             except HypBugError as e:
                 raise SimulationError("hyp.vmemmap_layout", str(e)) from None
         if err == L.ERR_HOST_ENOMEM:
-            raise SimulationError("host", f"host stage-2 out of memory at {ipa:#x} even after "
-                                  "recycling MMIO mappings (the kernel BUGs)")
+            raise SimulationError("host", f"host stage-2 out of memory at {ipa:#x} (after "
+                                  "recycling MMIO mappings where hyp.host_s2_try allows it): "
+                                  "handle_host_mem_abort()'s BUG")
         if err == L.ERR_ENOMEM:
             raise SimulationError(ctx.vm.enomem_field, f"{ctx.label}: no page-table memory "
                                   f"left to map IPA {ipa:#x} (the pool stays exhausted)")

@@ -251,8 +251,15 @@ class IdmapResult:
  HW_PHASE, HW_ADDR, HW_START, HW_SIZE, HW_MEMORY, HW_GAP, HW_PREV, HW_RET, HW_RECYCLED,
  HW_BUG,
  # counters over the run
- HW_ENOMEM, HW_RECYCLES, HW_MMIO_FIRST, HW_MMIO_PAGES) = range(26)
-N_HW = 26
+ HW_ENOMEM, HW_RECYCLES, HW_MMIO_FIRST, HW_MMIO_PAGES,
+ # which aborts recycle MMIO on -ENOMEM (TRY_*)
+ HW_TRY) = range(27)
+N_HW = 27
+# host_stage2_try()'s scope by kernel: 5.13 recycles MMIO only for an MMIO abort (a memory
+# abort's -ENOMEM is handle_host_mem_abort()'s BUG_ON); 5.14 (one pool, seed 002) for any
+# abort; 5.15 on (the host_stage2_try() macro) also for ownership changes (set_owner)
+TRY_MMIO, TRY_IDMAP, TRY_ALL = 0, 1, 2
+TRY_SCOPES = {"mmio": TRY_MMIO, "idmap": TRY_IDMAP, "all": TRY_ALL}
 # phases of host_idmap_step()
 PH_START = 0  # find the region, look the entry up, map the window
 PH_RECYCLE = 1  # -ENOMEM: host_stage2_unmap_dev_all(), one gap per step
@@ -298,7 +305,7 @@ def _host_map(hw, tables, refcnt, free, meta, stat, rep, tlog, stk, hy):
         hw[HW_PHASE] = PH_DONE
         return 0
     ret = rep[R_RET]
-    if ret == -ENOMEM and hw[HW_PHASE] == PH_START:
+    if ret == -ENOMEM and hw[HW_PHASE] == PH_START and (memory == 0 or hw[HW_TRY] != TRY_MMIO):
         # host_stage2_try(): recycle the MMIO mappings' pages and retry once
         hw[HW_ENOMEM] += 1
         if hw[HW_MMIO_FIRST] < 0:
@@ -437,7 +444,8 @@ class HostStage2:
     pages from the host_s2 pool(s), owner annotations for donated pages."""
 
     def __init__(self, phys: HostPhys, geom: Geometry, *, coalesce: bool, pools: str,
-                 layout: str, on_bug: str, fwb: bool, tlbi_range: bool, budget_levels: int = 5):
+                 layout: str, on_bug: str, fwb: bool, tlbi_range: bool, budget_levels: int = 5,
+                 try_scope: str = "all"):
         self.phys = phys
         self.geom = geom
         self.coalesce = coalesce
@@ -477,7 +485,9 @@ class HostStage2:
         hw[HW_MEM_POOL] = self.ptmem.index(self.mem_pool)
         hw[HW_DEV_POOL] = self.ptmem.index(self.dev_pool)
         hw[HW_MMIO_FIRST] = -1
+        hw[HW_TRY] = TRY_SCOPES[try_scope]
         self.hw = hw
+        self.recycle_reports: list[OpReport] = []
         self.hreg = mem_ranges(phys, geom.ipa_bits)
 
     # -- host_stage2_idmap() -------------------------------------------------------------
@@ -522,11 +532,33 @@ class HostStage2:
     def set_owner(self, pa: int, size: int, owner: int) -> OpReport:
         """host_stage2_set_owner_locked(): owner-annotated invalid entries (owner 0: a zero
         descriptor, refaulted lazily); with seed 000's coalescing when giving back to the
-        host."""
+        host. With ``try_scope`` "all" (5.15 on) an -ENOMEM goes through host_stage2_try():
+        every MMIO mapping is unmapped (:meth:`unmap_dev_all`, its reports in
+        ``self.recycle_reports``) and the change is tried once more."""
+        self.recycle_reports: list[OpReport] = []
         self.ptmem.use(self.mem_pool)
         annot = 0 if owner == OWNER_HOST else min(owner, 2)  # host 0, hyp 1, guests 2
-        return self.s2.set_owner(pa, size, annot,
-                                 coalesce=self.coalesce and owner == OWNER_HOST)
+        coalesce = self.coalesce and owner == OWNER_HOST
+        rep = self.s2.set_owner(pa, size, annot, coalesce=coalesce)
+        if rep.ret == -ENOMEM and self.hw[HW_TRY] == TRY_ALL:
+            self.hw[HW_ENOMEM] += 1
+            if self.hw[HW_MMIO_FIRST] < 0:
+                self.hw[HW_MMIO_FIRST] = self.hw[HW_MMIO_PAGES]
+            self.recycle_reports = self.unmap_dev_all()
+            self.ptmem.use(self.mem_pool)
+            rep = self.s2.set_owner(pa, size, annot, coalesce=coalesce)
+        return rep
+
+    def unmap_dev_all(self) -> list[OpReport]:
+        """host_stage2_unmap_dev_all(): unmap every gap between memory regions (all MMIO)."""
+        self.hw[HW_RECYCLES] += 1
+        self.hw[HW_MMIO_PAGES] = 0
+        reps = []
+        for base, end, is_mem in self.hreg.tolist():
+            if not is_mem:
+                self.ptmem.use(self.mem_pool)
+                reps.append(self.s2.unmap(base, end - base))
+        return reps
 
     def share_guest(self, pa: int, size: int) -> OpReport:
         """__pkvm_host_share_guest(), host side: the pages stay the host's, mapped with the

@@ -33,12 +33,8 @@ from simulator.hyp.host import (
     Region,
 )
 from simulator.hyp.hyp_pool import HypBugError, HypPool
-from simulator.hyp.page_alloc import (
-    host_s2_pgtable_pages,
-    hyp_s1_pgtable_pages,
-    vmemmap_bytes,
-    vmemmap_bytes_per_gib,
-)
+from simulator.hyp.budgets import hyp_reserve
+from simulator.hyp.page_alloc import host_s2_pgtable_pages, vmemmap_bytes_per_gib
 from simulator.hyp.pools import PoolMemory
 from simulator.mmu.walk import W_PERMISSION
 from tests.reference.engine import (
@@ -235,9 +231,12 @@ class PkvmMachine(Machine):
             self.hs2 = HostStage2(self.phys, self.host_geom, coalesce=cfg.hyp.coalesce,
                                   pools=cfg.hyp.host_s2_pools, layout=layout,
                                   on_bug=cfg.hyp.on_bug, fwb=cfg.machine.fwb,
-                                  tlbi_range=cfg.machine.tlbi_range)
+                                  tlbi_range=cfg.machine.tlbi_range,
+                                  budget_levels=cfg.hyp.budget_levels,
+                                  try_scope=cfg.hyp.host_s2_try)
             mem_regions = [(r.base, r.size) for r in self.phys.memory]
-            npages = cfg.hyp.pool_pages or host_s2_pgtable_pages(mem_regions, ps)
+            npages = cfg.hyp.pool_pages or host_s2_pgtable_pages(mem_regions, ps,
+                                                                 cfg.hyp.budget_levels)
             base = self.phys.carve_top(npages)
         except ValueError as e:
             raise SimulationError("host.memory", str(e)) from None
@@ -304,9 +303,15 @@ class PkvmMachine(Machine):
             raise SimulationError("hyp.vmemmap_layout", str(e)) from None
         if rep.ret:
             raise SimulationError("hyp", f"{kind} of {pa:#x} failed ({rep.ret})")
+        cycles = self.op_costs.cycles(rep) + self.cfg.costs.lock
+        if kind in ("donate", "reclaim"):
+            for r in hs2.recycle_reports:  # host_stage2_try()'s MMIO recycling
+                self.apply_tlbis(0, self.host_geom.page_shift, r)
+                self.account_op(ctx_ctr, r)
+                cycles += self.op_costs.cycles(r)
         self.apply_tlbis(0, self.host_geom.page_shift, rep)
         self.account_op(ctx_ctr, rep)
-        return rep, self.op_costs.cycles(rep) + self.cfg.costs.lock
+        return rep, cycles
 
     def hypercall_op(self, ctx_ctr: Counters, pa: int, size: int, kind: str, who: int):
         """One ownership change of ``size`` bytes at ``pa`` under the host lock, a hypercall
@@ -520,10 +525,13 @@ class PkvmMachine(Machine):
         # the hyp allocator and its metadata (seed 002)
         regions = [(r.base, r.size) for r in self.phys.memory]
         layout = cfg.hyp.vmemmap_layout
-        total["hyp.vmemmap_bytes"] = vmemmap_bytes(regions, ps, layout)
+        res = hyp_reserve(regions, ps, layout, levels=cfg.hyp.budget_levels,
+                          vmemmap_covers=cfg.hyp.vmemmap_covers)
+        total["hyp.vmemmap_bytes"] = res["vmemmap_pages"] << ps
         total["hyp.vmemmap_bytes_per_gib"] = vmemmap_bytes_per_gib(layout, ps)
-        total["hyp.budget.host_s2_pages"] = host_s2_pgtable_pages(regions, ps)
-        total["hyp.budget.hyp_s1_pages"] = hyp_s1_pgtable_pages(regions, ps)
+        total["hyp.budget.host_s2_pages"] = res["host_s2_pages"]
+        total["hyp.budget.hyp_s1_pages"] = res["hyp_s1_pages"]
+        total["hyp.budget.vmemmap_pages"] = res["vmemmap_pages"]
         pools = {"hyp.pool": self.hyp_pool, "hyp.host_s2_pool": self.hs2.mem_pool}
         if self.hs2.dev_pool is not self.hs2.mem_pool:
             pools["hyp.host_s2_dev_pool"] = self.hs2.dev_pool
